@@ -1,0 +1,28 @@
+"""pyro-vae: Auto-Encoding Variational Bayes (Kingma & Welling 2013, arXiv:1312.6114) as Pyro programs.
+
+Where things are:
+
+* :mod:`pyro_vae.models` — model and guide (:class:`VAE`); new latent variables go here.
+* :mod:`pyro_vae.networks`, :mod:`pyro_vae.likelihoods` — encoder and decoder networks, p(x|z).
+* :mod:`pyro_vae.objectives` — Pyro's ELBO estimators by name.
+* :mod:`pyro_vae.datasets` — MNIST and Frey Face as tensors.
+* :mod:`pyro_vae.training` — the AEVB loop and run directories; :mod:`pyro_vae.evaluation` —
+  ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` — pictures.
+"""
+
+from .datasets import ImageData, load_dataset
+from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
+from .evaluation import elbo, log_importance_weights, log_likelihood
+from .likelihoods import BernoulliLikelihood, GaussianLikelihood
+from .models import VAE, build_vae
+from .networks import MLP, GaussianEncoder
+from .objectives import OBJECTIVES, make_objective
+from .training import Run, TrainConfig, load_run, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BernoulliLikelihood", "CheckpointError", "ConfigError", "DataError", "GaussianEncoder", "GaussianLikelihood",
+    "ImageData", "MLP", "OBJECTIVES", "PyroVAEError", "Run", "TrainConfig", "TrainingError", "VAE", "build_vae",
+    "elbo", "load_dataset", "load_run", "log_importance_weights", "log_likelihood", "make_objective", "train",
+]

@@ -1,0 +1,73 @@
+"""Run files written atomically, and checkpoints loaded without executing code.
+
+Every file of a run directory is written to a temporary file in the same folder, flushed to
+disk and renamed over the old one (:func:`os.replace` is atomic on POSIX and Windows): a run
+killed mid-write leaves the previous complete file in place, never a torn one.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)``, which only rebuilds tensors and
+plain containers (dict, list, tuple, str, numbers, None) and refuses every other object: a
+checkpoint cannot run code on the machine that loads it.
+"""
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import CheckpointError
+
+CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _write_atomically(path: os.PathLike, write: Callable[[Any], None], mode: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: os.PathLike, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    _write_atomically(path, lambda stream: stream.write(json.dumps(value, indent=2) + "\n"), "w")
+
+
+def save_checkpoint(path: os.PathLike, state: dict) -> None:
+    """Save ``state`` (tensors and plain containers only), atomically."""
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    _write_atomically(path, lambda stream: torch.save(state, stream), "wb")
+
+
+def load_checkpoint(path: os.PathLike) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`; refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: pass a run directory written by 'pyro-vae train'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} was refused: it holds objects other than tensors and plain data, which could run code; "
+            "only use checkpoints written by pyro-vae"
+        ) from None
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}): "
+                              "it is truncated or corrupt; use an intact copy") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint: pass a run directory written by 'pyro-vae train'")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this pyro-vae reads "
+                              f"version {CHECKPOINT_VERSION}: use the pyro-vae release that wrote it")
+    return state

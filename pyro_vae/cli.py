@@ -1,0 +1,158 @@
+"""The ``pyro-vae`` command: ``pyro-vae train`` and ``pyro-vae evaluate RUN_DIR``.
+
+Bad input of any kind (unknown names, impossible sizes, missing or corrupt data, a foreign
+checkpoint) ends the command with one line on standard error naming the problem and what to do,
+and exit status 2.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .datasets import BINARIZATIONS, DATASETS
+from .errors import PyroVAEError
+from .likelihoods import LIKELIHOODS
+from .networks import ACTIVATIONS
+from .objectives import OBJECTIVES
+from .training import OPTIMIZERS, TrainConfig
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _positive_int(text) if text.strip() != "0" else 0
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _positive_float(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyro-vae", description="Auto-Encoding Variational Bayes as Pyro programs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a VAE and write a run directory",
+                                description="Train a VAE with AEVB and write checkpoint, history, metrics and pictures.")
+    defaults = TrainConfig()
+    train.add_argument("--dataset", choices=DATASETS, default=defaults.dataset,
+                       help="data set (default: %(default)s, bundled with the package)")
+    train.add_argument("--data-dir", help="folder holding MNIST/raw or FreyFace/frey_rawface.mat "
+                                          "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
+    train.add_argument("--latent-dim", type=_positive_int, help="dimension Nz of z (default: 20 for mnist, 2 for frey-face)")
+    train.add_argument("--hidden-dim", type=_positive_int, nargs="+", dest="hidden_dims", metavar="N",
+                       help="hidden layer sizes of encoder and decoder (default: 500 for mnist, 200 for frey-face)")
+    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default=defaults.activation,
+                       help="hidden activation (default: %(default)s)")
+    train.add_argument("--likelihood", choices=sorted(LIKELIHOODS),
+                       help="p(x|z) (default: bernoulli for binarized data, gaussian otherwise)")
+    train.add_argument("--binarize", choices=BINARIZATIONS,
+                       help="binarization of grey levels (default: dynamic for mnist, none for frey-face)")
+    train.add_argument("--epochs", type=_positive_int, help="passes over the training set (default: 10 for mnist, 500 for frey-face)")
+    train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="minibatch size M (default: %(default)s)")
+    train.add_argument("--objective", choices=list(OBJECTIVES), default=defaults.objective,
+                       help="ELBO estimator (default: %(default)s, analytic KL)")
+    train.add_argument("--particles", type=_non_negative_int, default=defaults.particles,
+                       help="samples of z per datapoint in the objective (default: 1; 5 for iwae)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="(default: %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=defaults.lr, help="step size (default: %(default)s)")
+    train.add_argument("--weight-decay", type=_non_negative_float, default=defaults.weight_decay,
+                       help="L2 penalty; 1/N is the paper's N(0, I) prior on parameters (default: %(default)s)")
+    train.add_argument("--init-std", type=_positive_float,
+                       help="draw all parameters from N(0, std^2); the paper used 0.01 (default: PyTorch's init)")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="(default: %(default)s)")
+    train.add_argument("--eval-every", type=_positive_int, default=defaults.eval_every,
+                       help="epochs between evaluations and checkpoints (default: %(default)s)")
+    train.add_argument("--eval-particles", type=_positive_int, default=defaults.eval_particles,
+                       help="K of the final importance-sampled log-likelihood (default: %(default)s)")
+    train.add_argument("--out", default=defaults.out, help="run directory (default: %(default)s)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="estimate test ELBO and log-likelihood of a trained run",
+                                   description="Estimate the test ELBO and the importance-sampled test log p(x) "
+                                               "of a run; prints them and writes RUN_DIR/evaluation.json.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'pyro-vae train'")
+    evaluate.add_argument("--particles", type=_positive_int, default=5000, help="K importance samples per datapoint (default: %(default)s)")
+    evaluate.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import train
+
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "quiet")}
+    run = train(TrainConfig(**options), progress=not args.quiet)
+    metrics = run.metrics
+    print(f"train ELBO {metrics['train_elbo']:.2f}, test ELBO {metrics['test_elbo']:.2f}, "
+          f"test log p(x) {metrics['test_log_likelihood']:.2f} ± {metrics['test_log_likelihood_stderr']:.2f} "
+          f"(K = {metrics['test_log_likelihood_particles']}) nats per datapoint; "
+          f"{metrics['seconds_per_epoch']:.2f} s per epoch; written to {run.out}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import pyro
+
+    from . import evaluation
+    from .checkpoint import write_json
+    from .training import load_run, prepare_data, resolve_device
+
+    model, config, _ = load_run(args.run_dir, args.device, args.data_dir)
+    data, _, _ = prepare_data(config, resolve_device(args.device))
+    pyro.set_rng_seed(args.seed)
+    test_elbo = evaluation.elbo(model.model, model.guide, data.test, progress=not args.quiet)
+    test_ll = evaluation.log_likelihood(model.model, model.guide, data.test, args.particles, progress=not args.quiet)
+    result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed}
+    write_json(Path(args.run_dir) / "evaluation.json", result)
+    print(f"test ELBO      {test_elbo}")
+    print(f"test log p(x)  {test_ll}")
+    print(json.dumps({"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "evaluate": _evaluate}[args.command](args)
+    except PyroVAEError as error:
+        print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"pyro-vae {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

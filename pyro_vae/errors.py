@@ -1,0 +1,26 @@
+"""Errors that pyro-vae reports to its users.
+
+Every error raised on bad input derives from :class:`PyroVAEError`; its message is one line
+naming the problem and what to do about it. The command line prints that line and exits with
+status 2, without a traceback.
+"""
+
+
+class PyroVAEError(Exception):
+    """Base class of the errors that carry a user-facing, one-line message."""
+
+
+class ConfigError(PyroVAEError, ValueError):
+    """An impossible or inconsistent configuration (negative sizes, unknown names, ...)."""
+
+
+class DataError(PyroVAEError, RuntimeError):
+    """Missing, corrupt or unsuitable data."""
+
+
+class CheckpointError(PyroVAEError, RuntimeError):
+    """A run directory or checkpoint that cannot be read or trusted."""
+
+
+class TrainingError(PyroVAEError, RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""

@@ -1,0 +1,120 @@
+"""Generative models and their guides, written as Pyro programs.
+
+:class:`VAE` is the model of the AEVB paper (Kingma & Welling 2013, section 3)::
+
+    model:  z ~ p(z) = N(0, I),          x ~ p(x|z)      (a likelihood module)
+    guide:  z ~ q(z|x) = N(mu(x), diag sigma^2(x))         (an encoder module)
+
+Both are methods of one :class:`~pyro.nn.PyroModule`, so that the networks they use are
+submodules of one object: ``vae.parameters()`` is what an optimizer trains, ``vae.state_dict()``
+what a checkpoint stores. Pyro's inference needs nothing else::
+
+    elbo = pyro.infer.TraceMeanField_ELBO()
+    loss = elbo.differentiable_loss(vae.model, vae.guide, x_batch, num_data)
+
+``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam(...), elbo)`` works as well: the
+networks are registered with Pyro's parameter store when model and guide run.
+
+**Adding a latent variable.** Subclass :class:`VAE` (or write a new :class:`PyroModule` in the
+same shape), add the networks the new variable needs in ``__init__``, and add one
+``pyro.sample`` statement in ``model`` and its counterpart in ``guide``, inside
+:meth:`VAE.data_plate`. Training, evaluation and pictures work unchanged, since they only call
+``model``, ``guide``, :meth:`VAE.reconstruct` and :meth:`VAE.generate`.
+"""
+
+from typing import Optional, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+from torch import nn
+
+from .errors import ConfigError
+from .likelihoods import make_likelihood
+from .networks import GaussianEncoder, init_normal_
+
+
+class VAE(PyroModule):
+    """A variational auto-encoder with one Gaussian latent layer.
+
+    :param encoder: maps ``x`` (shape ``(B, data_dim)``) to ``(loc, scale)`` of q(z|x).
+    :param likelihood: maps ``z`` to the distribution p(x|z) with ``event_dim = 1``.
+    :param latent_dim: the dimension Nz of z.
+    """
+
+    def __init__(self, encoder: nn.Module, likelihood: nn.Module, latent_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.likelihood = likelihood
+        self.latent_dim = int(latent_dim)
+
+    def data_plate(self, x: torch.Tensor, num_data: Optional[int] = None) -> pyro.plate:
+        """The plate over the datapoints of ``x`` (dim -1).
+
+        With ``num_data`` (the size of the whole training set) the batch is declared a
+        subsample of it, and Pyro scales every log-density inside by ``num_data / len(x)``: a
+        minibatch ELBO is then an unbiased estimate of the full-data ELBO, whose gradient
+        is the paper's minibatch estimator (equation 8).
+        """
+        batch_size = x.shape[0]
+        if num_data is None:
+            return pyro.plate("data", batch_size, dim=-1)
+        return pyro.plate("data", num_data, subsample=torch.arange(batch_size, device=x.device), dim=-1)
+
+    def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """p(z) = N(0, I), on the device and in the dtype of ``x``."""
+        zeros = x.new_zeros(self.latent_dim)
+        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
+
+    @pyro_method
+    def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
+        with self.data_plate(x, num_data):
+            z = pyro.sample("z", self.prior(x))
+            pyro.sample("x", self.likelihood(z), obs=x)
+
+    @pyro_method
+    def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
+        with self.data_plate(x, num_data):
+            loc, scale = self.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder means at the encoder means: E[x | z = mu(x)]."""
+        loc, _ = self.encoder(x)
+        return self.likelihood.mean(loc)
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Decoder means E[x|z] at ``num_samples`` draws z ~ p(z)."""
+        device = next(self.parameters()).device
+        z = torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
+        return self.likelihood.mean(z)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder means E[x|z] at given codes (the data manifold of the paper's Figure 4)."""
+        return self.likelihood.mean(z)
+
+
+def build_vae(data_dim: int, latent_dim: int, hidden_dims: Sequence[int], likelihood: str = "bernoulli",
+              activation: str = "tanh", init_std: Optional[float] = None) -> VAE:
+    """A :class:`VAE` with MLP encoder and decoder of the same hidden sizes.
+
+    ``hidden_dims=[500]``, ``activation="tanh"`` and ``init_std=0.01`` is the paper's MNIST
+    network; ``[200]`` its Frey Face network. ``init_std=None`` keeps PyTorch's default
+    initialisation.
+    """
+    if int(latent_dim) < 1:
+        raise ConfigError(f"latent dimension must be at least 1, got {latent_dim}: pass --latent-dim 1 or more")
+    if not hidden_dims or any(int(h) < 1 for h in hidden_dims):
+        raise ConfigError(f"hidden sizes must be positive integers, got {list(hidden_dims)}")
+    if init_std is not None and not init_std > 0:
+        raise ConfigError(f"init_std must be positive, got {init_std}")
+    encoder = GaussianEncoder(data_dim, hidden_dims, latent_dim, activation)
+    decoder = make_likelihood(likelihood, latent_dim, hidden_dims, data_dim, activation)
+    vae = VAE(encoder, decoder, latent_dim)
+    if init_std is not None:
+        init_normal_(vae, init_std)
+    return vae

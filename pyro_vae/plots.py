@@ -1,0 +1,90 @@
+"""Pictures of a run, as PNG files: learning curves (the paper's Figure 2), reconstructions,
+samples from the prior and the learned data manifold of a 2-D latent space (Figure 4).
+
+Image grids are made by :func:`torchvision.utils.make_grid` and drawn by matplotlib with the
+non-interactive Agg backend, so pictures are written on machines without a display.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def plot_learning_curves(history: Sequence[dict], path: os.PathLike, title: str = "") -> None:
+    """Train and test ELBO per datapoint against training samples evaluated (log x-axis)."""
+    samples = [record["samples_seen"] for record in history]
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    ax.plot(samples, [record["train_elbo"] for record in history], "-", color="C0", label="train")
+    ax.plot(samples, [record["test_elbo"] for record in history], "--", color="C0", label="test")
+    ax.set_xscale("log")
+    ax.set_xlabel("# training samples evaluated")
+    ax.set_ylabel("ELBO per datapoint (nats)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int) -> torch.Tensor:
+    """Rows of flattened images as one ``(H, W)`` grid, one pixel of padding between images."""
+    images = images.detach().float().cpu().reshape(-1, 1, *image_shape)
+    return make_grid(images, nrow=nrow, padding=1, pad_value=1.0)[0]
+
+
+def save_image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int, path: os.PathLike,
+                    title: str = "", pixel_size: float = 0.04) -> None:
+    """Draw :func:`image_grid` in grey levels and save it."""
+    grid = image_grid(images, image_shape, nrow)
+    height, width = grid.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, width * pixel_size), max(3.0, height * pixel_size) + 0.4), dpi=120)
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reconstructions(model, x: torch.Tensor, image_shape: Sequence[int], path: os.PathLike,
+                         count: int = 10) -> None:
+    """Data (top row) over their reconstructions E[x | z = mu(x)] (bottom row)."""
+    x = x[:count]
+    save_image_grid(torch.cat([x, model.reconstruct(x)]), image_shape, len(x), path,
+                    "data (top) and reconstructions (bottom)")
+
+
+def plot_samples(model, image_shape: Sequence[int], path: os.PathLike, count: int = 100, seed: int = 0) -> None:
+    """Decoder means at ``count`` draws from the prior."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    nrow = int(count ** 0.5)
+    save_image_grid(model.generate(count, generator), image_shape, nrow, path, "samples from the prior (decoder means)")
+
+
+def latent_grid(points_per_axis: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """A ``points_per_axis^2 x 2`` grid of codes at equally spaced quantiles of N(0, 1).
+
+    As in the paper's Figure 4, the grid's linearly spaced coordinates on the unit square are
+    mapped through the inverse CDF of the Gaussian, so that each cell holds equal prior mass.
+    Row ``i`` of the grid has the second coordinate's ``i``-th quantile from the top.
+    """
+    quantiles = torch.linspace(0.0, 1.0, points_per_axis + 2, device=device)[1:-1]
+    values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
+
+
+def plot_manifold(model, image_shape: Sequence[int], path: os.PathLike, points_per_axis: int = 20) -> None:
+    """The learned data manifold of a 2-D latent space: decoder means on a grid of quantiles."""
+    device = next(model.parameters()).device
+    z = latent_grid(points_per_axis, device)
+    save_image_grid(model.decode(z), image_shape, points_per_axis, path,
+                    "learned manifold: E[x|z] on Gaussian quantiles of z", pixel_size=0.03)

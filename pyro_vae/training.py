@@ -1,0 +1,282 @@
+"""Training a model with AEVB: the loop, its configuration, its run directory.
+
+:func:`train` runs Auto-Encoding Variational Bayes (Kingma & Welling 2013, algorithm 1):
+minibatches of M datapoints, one draw of z per datapoint (or K with ``particles``), a stochastic
+gradient of the minibatch ELBO from a Pyro objective, and an Adam or Adagrad step. After every
+``eval_every`` epochs it estimates the train and test ELBO per datapoint, appends a record to
+the history and saves a checkpoint; at the end it estimates the test log-likelihood by
+importance sampling and draws the run's pictures.
+
+A run directory holds:
+
+``checkpoint.pt``
+    model and optimizer state, history, RNG states and configuration: enough to resume or evaluate.
+``history.json``
+    one record per evaluation: ``epoch``, ``samples_seen`` (training datapoints processed so
+    far, the x-axis of the paper's Figure 2), ``train_elbo``, ``test_elbo`` (nats per datapoint)
+    and ``seconds`` since the start of training.
+``metrics.json``
+    the final figures and the configuration.
+``learning_curve.png``, ``reconstructions.png``, ``samples.png`` and, for a 2-D latent space,
+``manifold.png``.
+
+The train ELBO is estimated on a fixed subset of at most :data:`TRAIN_EVAL_SIZE` training
+images (all of them for Frey Face), the test ELBO on the whole test set, each with one draw of z
+per datapoint.
+"""
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from . import evaluation, plots
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .datasets import BINARIZATIONS, DATASETS, ImageData, binarize_once, load_dataset, minibatches, prepare_binarization
+from .errors import ConfigError, TrainingError
+from .likelihoods import LIKELIHOODS
+from .models import VAE, build_vae
+from .networks import ACTIVATIONS
+from .objectives import OBJECTIVES, make_objective
+
+TRAIN_EVAL_SIZE = 10_000
+TRAIN_EVAL_SEED = 0
+OPTIMIZERS = ("adam", "adagrad")
+
+#: Settings that depend on the data set when left unset: the paper's networks (one hidden
+#: layer of 500 units for MNIST, 200 for Frey Face) and training lengths that finish in minutes.
+DATASET_DEFAULTS = {
+    "mnist": {"latent_dim": 20, "hidden_dims": [500], "epochs": 10, "likelihood": "bernoulli", "binarize": "dynamic"},
+    "frey-face": {"latent_dim": 2, "hidden_dims": [200], "epochs": 500, "likelihood": "gaussian", "binarize": "none"},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` means the data set's default."""
+
+    dataset: str = "frey-face"
+    data_dir: Optional[str] = None
+    latent_dim: Optional[int] = None
+    hidden_dims: Optional[list] = None
+    activation: str = "tanh"
+    likelihood: Optional[str] = None
+    binarize: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: int = 100
+    objective: str = "meanfield"
+    particles: int = 0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    init_std: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    eval_particles: int = 5000
+    out: str = "runs/latest"
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the data set's defaults filled in, checked for consistency."""
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        values = asdict(self)
+        for key, default in DATASET_DEFAULTS[self.dataset].items():
+            if values[key] is None:
+                values[key] = default
+        if values["likelihood"] == "bernoulli" and self.dataset == "frey-face" and self.binarize is None:
+            values["binarize"] = "dynamic"
+        if values["binarize"] == "none" and self.dataset == "mnist" and self.likelihood is None:
+            values["likelihood"] = "gaussian"
+        config = TrainConfig(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` on an impossible configuration."""
+        choices = {"objective": OBJECTIVES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
+                   "binarize": BINARIZATIONS, "activation": ACTIVATIONS, "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not self.hidden_dims or any(not isinstance(h, int) or h < 1 for h in self.hidden_dims):
+            raise ConfigError(f"hidden-dim must be one or more positive integers, got {self.hidden_dims!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"weight-decay must be zero or positive, got {self.weight_decay!r}")
+        if self.init_std is not None and not self.init_std > 0:
+            raise ConfigError(f"init-std must be positive, got {self.init_std!r}")
+        make_objective(self.objective, self.particles)  # checks the particle count
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, data_dim: int) -> VAE:
+    """The model a (resolved) configuration describes."""
+    return build_vae(data_dim, config.latent_dim, config.hidden_dims, config.likelihood,
+                     config.activation, config.init_std)
+
+
+def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    """Adam or Adagrad; ``weight_decay`` is the paper's N(0, I) prior on the parameters (its
+    gradient is ``-theta`` per unit of weight)."""
+    optimizer = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[config.optimizer]
+    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
+def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, torch.Tensor]:
+    """The data as the configuration asks: binarized, on the device, checked against the likelihood.
+
+    Returns the data, whether training batches are binarized dynamically, and the fixed subset
+    of training images on which the train ELBO is estimated.
+    """
+    data = load_dataset(config.dataset, config.data_dir).to(device)
+    data, dynamic = prepare_binarization(data, config.binarize)
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
+    train_eval = data.train[order[:TRAIN_EVAL_SIZE].to(device)]
+    if dynamic:
+        train_eval = binarize_once(train_eval)
+    likelihood = LIKELIHOODS[config.likelihood]
+    if not dynamic:
+        likelihood.check_support(data.train, f"the {config.dataset} training data")
+    likelihood.check_support(data.test, f"the {config.dataset} test data")
+    if config.batch_size > len(data.train):
+        raise ConfigError(f"batch-size {config.batch_size} exceeds the {len(data.train)} training images: "
+                          f"pass --batch-size {len(data.train)} or less")
+    return data, dynamic, train_eval
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and device, recorded with every run for reproducibility."""
+    import torchvision
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+            "torchvision": torchvision.__version__, "device": str(device), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+@dataclass
+class Run:
+    """The result of :func:`train`: the trained model, its data and its figures."""
+
+    model: VAE
+    config: TrainConfig
+    data: ImageData
+    history: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    out: Optional[Path] = None
+
+
+def train(config: TrainConfig, progress: bool = True) -> Run:
+    """Train a model as ``config`` says and write its run directory ``config.out``."""
+    config = config.resolved()
+    out = Path(config.out)
+    device = resolve_device(config.device)
+    pyro.set_rng_seed(config.seed)
+    data, dynamic, train_eval = prepare_data(config, device)
+    model = build_model(config, data.data_dim).to(device)
+    objective = make_objective(config.objective, config.particles)
+    optimizer = make_optimizer(config, model.parameters())
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    num_data = len(data.train)
+    history: list[dict] = []
+    start = time.perf_counter()
+    samples_seen = 0
+
+    def state(epoch: int) -> dict:
+        return {"config": asdict(config), "data_dim": data.data_dim, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "samples_seen": samples_seen, "history": history,
+                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}}
+
+    # A private parameter store: the networks register in it under their own names (Pyro's JIT
+    # objectives read parameters from it) without touching the caller's global store.
+    with pyro.get_param_store().scope(), tqdm(total=config.epochs * math.ceil(num_data / config.batch_size),
+                                              desc=f"{config.dataset} {config.objective}", unit="step",
+                                              disable=not progress) as bar:
+        for epoch in range(1, config.epochs + 1):
+            total_loss = torch.zeros((), device=device)
+            for step, batch in enumerate(minibatches(data.train, config.batch_size, generator, dynamic), 1):
+                loss = objective.differentiable_loss(model.model, model.guide, batch, num_data)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.detach() * len(batch)
+                bar.update()
+                if step % 50 == 0 or step * config.batch_size >= num_data:
+                    # One host sync per 50 steps: the running bound and a check that it is finite.
+                    running = -total_loss.item() / num_data / min(num_data, step * config.batch_size)
+                    if not math.isfinite(running):
+                        raise TrainingError(
+                            f"the loss became non-finite in epoch {epoch} by step {step}: lower --lr, or use "
+                            f"--objective meanfield; the last good checkpoint is in {out}")
+                    bar.set_postfix(epoch=epoch, elbo=f"{running:.2f}")
+            samples_seen += num_data
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                record = {"epoch": epoch, "samples_seen": samples_seen,
+                          "train_elbo": evaluation.elbo(model.model, model.guide, train_eval).mean,
+                          "test_elbo": evaluation.elbo(model.model, model.guide, data.test).mean,
+                          "seconds": time.perf_counter() - start}
+                history.append(record)
+                bar.set_postfix(epoch=epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
+                save_checkpoint(out / "checkpoint.pt", state(epoch))
+                write_json(out / "history.json", history)
+    training_seconds = time.perf_counter() - start
+
+    test_ll = evaluation.log_likelihood(model.model, model.guide, data.test, config.eval_particles, progress=progress)
+    metrics = {"train_elbo": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
+               "test_log_likelihood": test_ll.mean, "test_log_likelihood_stderr": test_ll.stderr,
+               "test_log_likelihood_particles": test_ll.num_particles, "samples_seen": samples_seen,
+               "seconds": training_seconds, "seconds_per_epoch": training_seconds / config.epochs,
+               "config": asdict(config), "environment": environment(device)}
+    write_json(out / "metrics.json", metrics)
+    draw_pictures(model, data, history, out)
+    return Run(model, config, data, history, metrics, out)
+
+
+def draw_pictures(model: VAE, data: ImageData, history: list, out: Path) -> None:
+    """The run's pictures: learning curves, reconstructions, samples and, for Nz = 2, the manifold."""
+    model.eval()
+    plots.plot_learning_curves(history, out / "learning_curve.png", f"{data.name}, Nz = {model.latent_dim}")
+    plots.plot_reconstructions(model, data.test, data.image_shape, out / "reconstructions.png")
+    plots.plot_samples(model, data.image_shape, out / "samples.png")
+    if model.latent_dim == 2:
+        plots.plot_manifold(model, data.image_shape, out / "manifold.png")
+
+
+def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None) -> tuple[VAE, TrainConfig, dict]:
+    """The trained model of a run directory, its configuration and its checkpoint."""
+    checkpoint = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    config = TrainConfig.from_dict(checkpoint["config"])
+    if data_dir is not None:
+        config.data_dir = data_dir
+    config.device = device
+    config = config.resolved()
+    model = build_model(config, checkpoint["data_dim"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(resolve_device(device)), config, checkpoint
