@@ -12,17 +12,18 @@ Where things are:
 
 from .datasets import ImageData, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
-from .evaluation import elbo, log_importance_weights, log_likelihood
+from .evaluation import elbo, log_likelihood
+from .importance import log_importance_weights
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood
 from .models import VAE, build_vae
 from .networks import MLP, GaussianEncoder
-from .objectives import OBJECTIVES, make_objective
+from .objectives import OBJECTIVES, ImportanceWeightedELBO, make_objective
 from .training import Run, TrainConfig, load_run, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BernoulliLikelihood", "CheckpointError", "ConfigError", "DataError", "GaussianEncoder", "GaussianLikelihood",
-    "ImageData", "MLP", "OBJECTIVES", "PyroVAEError", "Run", "TrainConfig", "TrainingError", "VAE", "build_vae",
+    "ImageData", "ImportanceWeightedELBO", "MLP", "OBJECTIVES", "PyroVAEError", "Run", "TrainConfig", "TrainingError", "VAE", "build_vae",
     "elbo", "load_dataset", "load_run", "log_importance_weights", "log_likelihood", "make_objective", "train",
 ]

@@ -22,6 +22,8 @@ from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _write_atomically(path: os.PathLike, write: Callable[[Any], None], mode: str) -> None:
@@ -29,6 +31,7 @@ def _write_atomically(path: os.PathLike, write: Callable[[Any], None], mode: str
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from a team
         with os.fdopen(handle, mode) as stream:
             write(stream)
             stream.flush()

@@ -204,15 +204,18 @@ def prepare_binarization(data: ImageData, binarize: str) -> tuple[ImageData, boo
 
 
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
-                dynamic_binarization: bool = False) -> Iterator[torch.Tensor]:
+                dynamic_binarization: bool = False, drop_last: bool = False) -> Iterator[torch.Tensor]:
     """One epoch of shuffled minibatches of the rows of ``x``, indexed on ``x``'s device.
 
-    The last batch is smaller when ``batch_size`` does not divide ``len(x)``. With
+    The last batch is smaller when ``batch_size`` does not divide ``len(x)``, or left out with
+    ``drop_last``. With
     ``dynamic_binarization`` each batch is a fresh Bernoulli draw of its grey levels. The order
     and the draws come from ``generator`` (which must live on ``x``'s device), so a seeded
     generator reproduces them exactly.
     """
     order = torch.randperm(len(x), generator=generator, device=x.device)
+    if drop_last:
+        order = order[: len(order) - len(order) % batch_size]
     for batch_index in order.split(batch_size):
         batch = x[batch_index]
         yield torch.bernoulli(batch, generator=generator) if dynamic_binarization else batch

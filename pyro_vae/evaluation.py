@@ -1,6 +1,7 @@
 """Evaluating a trained model: the ELBO and the importance-sampled log-likelihood, per datapoint.
 
-Both figures come from the same quantity, the log importance weight of a draw z ~ q(z|x)::
+Both figures come from the same quantity, the log importance weight of a draw z ~ q(z|x)
+(:func:`pyro_vae.importance.log_importance_weights`)::
 
     log w(x, z) = log p(x, z) - log q(z|x)
 
@@ -9,10 +10,8 @@ Both figures come from the same quantity, the log importance weight of a draw z 
   (Burda et al. 2016; K = 5000 as in their paper). It is a lower bound in expectation that
   tightens to log p(x) as K grows, and it is consistent.
 
-Weights are computed for any model and guide written as Pyro programs over a data plate, by
-tracing the guide under a plate of particles and replaying the model against it: this module
-knows nothing of a particular model's latent variables. Work is split into chunks of at most
-``chunk_size`` (particle, datapoint) pairs so that it fits in memory.
+Weights are computed for any model and guide written as Pyro programs over a data plate. Work
+is split into chunks of at most ``chunk_size`` (particle, datapoint) pairs to fit in memory.
 
 Figures are averages over datapoints, in nats; the standard error is that of this average
 (the spread across datapoints, which includes the Monte-Carlo noise of each estimate).
@@ -22,12 +21,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
-DEFAULT_CHUNK_SIZE = 100_000
+from .importance import log_importance_weights
+
+DEFAULT_CHUNK_SIZE = 10_000
 
 
 @dataclass
@@ -46,28 +45,6 @@ class Estimate:
         return f"{self.mean:.2f} ± {self.stderr:.2f} nats (K = {self.num_particles}, {self.num_data} datapoints)"
 
 
-def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
-                           max_plate_nesting: int = 1) -> torch.Tensor:
-    """``log p(x, z_k) - log q(z_k|x)`` for ``z_k ~ q(z|x)``, shape ``(num_particles, len(x))``.
-
-    ``model(x)`` and ``guide(x)`` must put every sample site inside one data plate (dim -1 when
-    ``max_plate_nesting`` is 1); particles are vectorized in a plate to its left.
-    """
-    with torch.no_grad(), pyro.plate("particles", num_particles, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_weight = x.new_zeros(num_particles, len(x))
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_prob = site["log_prob"]
-                while log_prob.dim() > 2:  # plates nested inside the data plate
-                    log_prob = log_prob.sum(-1)
-                log_weight = log_weight + sign * log_prob
-    return log_weight
-
-
 def _per_datapoint(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
                    reduce: Callable[[torch.Tensor], torch.Tensor], chunk_size: int, progress: bool,
                    description: str) -> torch.Tensor:
@@ -77,8 +54,9 @@ def _per_datapoint(model: Callable, guide: Callable, x: torch.Tensor, num_partic
     results = []
     with tqdm(total=len(x), desc=description, unit="datapoint", disable=not progress, leave=False) as bar:
         for rows in x.split(rows_per_chunk):
-            pieces = [log_importance_weights(model, guide, rows, min(particles_per_chunk, num_particles - start))
-                      for start in range(0, num_particles, particles_per_chunk)]
+            with torch.no_grad():
+                pieces = [log_importance_weights(model, guide, min(particles_per_chunk, num_particles - start), rows)[0]
+                          for start in range(0, num_particles, particles_per_chunk)]
             results.append(reduce(torch.cat(pieces)))
             bar.update(len(rows))
     return torch.cat(results)

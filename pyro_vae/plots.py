@@ -82,7 +82,7 @@ def latent_grid(points_per_axis: int, device: Optional[torch.device] = None) -> 
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
 
 
-def plot_manifold(model, image_shape: Sequence[int], path: os.PathLike, points_per_axis: int = 20) -> None:
+def plot_manifold(model, image_shape: Sequence[int], path: os.PathLike, points_per_axis: int = 15) -> None:
     """The learned data manifold of a 2-D latent space: decoder means on a grid of quantiles."""
     device = next(model.parameters()).device
     z = latent_grid(points_per_axis, device)

@@ -79,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
-    eval_particles: int = 5000
+    eval_particles: int = 1000
     out: str = "runs/latest"
 
     def resolved(self) -> "TrainConfig":
@@ -204,6 +204,9 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
     optimizer = make_optimizer(config, model.parameters())
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
+    # A compiled objective is traced for one batch shape: it drops a smaller last batch.
+    compiled = config.objective.startswith("jit")
+    steps_per_epoch = num_data // config.batch_size if compiled else math.ceil(num_data / config.batch_size)
     history: list[dict] = []
     start = time.perf_counter()
     samples_seen = 0
@@ -216,19 +219,20 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
 
     # A private parameter store: the networks register in it under their own names (Pyro's JIT
     # objectives read parameters from it) without touching the caller's global store.
-    with pyro.get_param_store().scope(), tqdm(total=config.epochs * math.ceil(num_data / config.batch_size),
+    with pyro.get_param_store().scope(), tqdm(total=config.epochs * steps_per_epoch,
                                               desc=f"{config.dataset} {config.objective}", unit="step",
                                               disable=not progress) as bar:
         for epoch in range(1, config.epochs + 1):
             total_loss = torch.zeros((), device=device)
-            for step, batch in enumerate(minibatches(data.train, config.batch_size, generator, dynamic), 1):
-                loss = objective.differentiable_loss(model.model, model.guide, batch, num_data)
+            for step, batch in enumerate(minibatches(data.train, config.batch_size, generator, dynamic,
+                                                     drop_last=compiled), 1):
+                loss = objective.differentiable_loss(model.model, model.guide, batch, num_data=num_data)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total_loss += loss.detach() * len(batch)
                 bar.update()
-                if step % 50 == 0 or step * config.batch_size >= num_data:
+                if step % 50 == 0 or step == steps_per_epoch:
                     # One host sync per 50 steps: the running bound and a check that it is finite.
                     running = -total_loss.item() / num_data / min(num_data, step * config.batch_size)
                     if not math.isfinite(running):
@@ -236,7 +240,7 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
                             f"the loss became non-finite in epoch {epoch} by step {step}: lower --lr, or use "
                             f"--objective meanfield; the last good checkpoint is in {out}")
                     bar.set_postfix(epoch=epoch, elbo=f"{running:.2f}")
-            samples_seen += num_data
+            samples_seen += min(num_data, steps_per_epoch * config.batch_size)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 record = {"epoch": epoch, "samples_seen": samples_seen,
                           "train_elbo": evaluation.elbo(model.model, model.guide, train_eval).mean,

@@ -1,0 +1,33 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The datasets beside the checkout (``../shared/data``), or ``$PYRO_VAE_DATA``."""
+    if os.environ.get("PYRO_VAE_DATA"):
+        return Path(os.environ["PYRO_VAE_DATA"])
+    return REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    path = shared_data_dir()
+    if not (path / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"no MNIST copy under {path}: set PYRO_VAE_DATA")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_state():
+    """Every test starts from a seeded RNG and an empty parameter store."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+    pyro.clear_param_store()

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+from torchvision.datasets import MNIST
+
+from pyro_vae.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pyro_vae", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_end_to_end_mnist_train_and_evaluate(tmp_path, data_dir):
+    """A few hundred steps on MNIST through the command line, then an evaluation of the run."""
+    out = tmp_path / "mnist"
+    result = run_cli("train", "--dataset", "mnist", "--data-dir", str(data_dir), "--epochs", "1",
+                     "--batch-size", "200", "--latent-dim", "2", "--hidden-dim", "64",
+                     "--eval-particles", "10", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "test ELBO" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["samples_seen"] == 60000 and -250 < metrics["test_elbo"] < -120
+    assert (out / "manifold.png").stat().st_size > 10_000
+    result = run_cli("evaluate", str(out), "--particles", "10", "--quiet")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["test_log_likelihood"]["num_particles"] == 10
+    assert evaluation["test_log_likelihood"]["num_data"] == 10000
+    assert evaluation["test_log_likelihood"]["mean"] > evaluation["test_elbo"]["mean"]
+
+
+def one_line_error(capsys, argv, *fragments):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["train", "--dataset", "cifar"], ["invalid choice", "--dataset"]),
+    (["train", "--latent-dim", "0"], ["--latent-dim", "positive integer"]),
+    (["train", "--hidden-dim", "-5"], ["positive integer"]),
+    (["train", "--batch-size", "ten"], ["not an integer"]),
+    (["train", "--lr", "-1"], ["positive number"]),
+    (["train", "--objective", "iwae", "--particles", "1"], ["2 particles"]),
+    (["train", "--batch-size", "100000", "--epochs", "1"], ["batch-size", "exceeds"]),
+    (["train", "--likelihood", "bernoulli", "--binarize", "none"], ["not binary", "--binarize"]),
+    (["frobnicate"], ["invalid choice"]),
+    ([], ["required"]),
+])
+def test_bad_arguments_give_one_line_and_status_2(capsys, tmp_path, argv, fragments):
+    one_line_error(capsys, [*argv, "--out", str(tmp_path / "run")] if argv[:1] == ["train"] else argv, *fragments)
+
+
+def test_missing_mnist_without_network(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")],
+                   "could not be downloaded", "--data-dir")
+
+
+def test_corrupt_frey_face_file(capsys, tmp_path):
+    (tmp_path / "frey_rawface.mat").write_bytes(b"\x01\x02 not matlab")
+    one_line_error(capsys, ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")], "frey_rawface.mat")
+    scipy.io.savemat(str(tmp_path / "frey_rawface.mat"), {"ff": np.zeros((100, 40), dtype=np.uint8)})
+    one_line_error(capsys, ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")], "has shape")
+
+
+def test_evaluate_a_folder_that_is_no_run(capsys, tmp_path):
+    one_line_error(capsys, ["evaluate", str(tmp_path)], "no checkpoint")
+    (tmp_path / "checkpoint.pt").write_bytes(b"junk")
+    one_line_error(capsys, ["evaluate", str(tmp_path)], "corrupt")
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    result = run_cli("train", "--epochs", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
