@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .datasets import BINARIZATIONS, DATASETS
-from .errors import PyroVAEError
+from .errors import ConfigError, PyroVAEError
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
@@ -95,7 +95,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="epochs between evaluations and checkpoints (default: %(default)s)")
     train.add_argument("--eval-particles", type=_positive_int, default=defaults.eval_particles,
                        help="K of the final importance-sampled log-likelihood (default: %(default)s)")
+    train.add_argument("--clip-grad-norm", type=_positive_float,
+                       help="clip the gradient's total norm to this value (default: no clipping)")
     train.add_argument("--out", default=defaults.out, help="run directory (default: %(default)s)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR from its last checkpoint with its own configuration "
+                            "(only --epochs and --data-dir may be given with it)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="estimate test ELBO and log-likelihood of a trained run",
@@ -110,11 +115,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .training import train
+RESUME_OPTIONS = ("epochs", "data_dir")
 
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "quiet")}
-    run = train(TrainConfig(**options), progress=not args.quiet)
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import resume, train
+
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "quiet", "resume")}
+    if args.resume is None:
+        run = train(TrainConfig(**options), progress=not args.quiet)
+    else:
+        defaults = TrainConfig()  # the command's defaults are the configuration's
+        clashing = [key for key, value in options.items()
+                    if key not in RESUME_OPTIONS and value != getattr(defaults, key)]
+        if clashing:
+            flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
+            raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} "
+                              "(only --epochs and --data-dir may be given)")
+        run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet)
     metrics = run.metrics
     print(f"train ELBO {metrics['train_elbo']:.2f}, test ELBO {metrics['test_elbo']:.2f}, "
           f"test log p(x) {metrics['test_log_likelihood']:.2f} ± {metrics['test_log_likelihood_stderr']:.2f} "

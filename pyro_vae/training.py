@@ -10,7 +10,10 @@ importance sampling and draws the run's pictures.
 A run directory holds:
 
 ``checkpoint.pt``
-    model and optimizer state, history, RNG states and configuration: enough to resume or evaluate.
+    model and optimizer state, history, RNG states and configuration: enough to resume exactly
+    (:func:`resume`) or to evaluate.
+``config.json``
+    the configuration, package versions and device, written when the run starts.
 ``history.json``
     one record per evaluation: ``epoch``, ``samples_seen`` (training datapoints processed so
     far, the x-axis of the paper's Figure 2), ``train_elbo``, ``test_elbo`` (nats per datapoint)
@@ -80,6 +83,7 @@ class TrainConfig:
     device: str = "auto"
     eval_every: int = 1
     eval_particles: int = 1000
+    clip_grad_norm: Optional[float] = None
     out: str = "runs/latest"
 
     def resolved(self) -> "TrainConfig":
@@ -115,6 +119,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ConfigError(f"weight-decay must be zero or positive, got {self.weight_decay!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ConfigError(f"clip-grad-norm must be positive, got {self.clip_grad_norm!r}")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"init-std must be positive, got {self.init_std!r}")
         make_objective(self.objective, self.particles)  # checks the particle count
@@ -194,7 +200,32 @@ class Run:
 
 def train(config: TrainConfig, progress: bool = True) -> Run:
     """Train a model as ``config`` says and write its run directory ``config.out``."""
-    config = config.resolved()
+    return _fit(config.resolved(), None, progress)
+
+
+def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None,
+           progress: bool = True) -> Run:
+    """Continue the run in ``run_dir`` from its last checkpoint, up to ``epochs`` (default: as configured).
+
+    The checkpoint holds the model and optimizer states, the history and every random state (the
+    global torch generator that Pyro samples from and the generator of minibatch order and
+    binarization draws), so on the same device type the resumed run ends exactly as an
+    uninterrupted run with the same configuration would (apart from wall times).
+    """
+    checkpoint = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    config = TrainConfig.from_dict(checkpoint["config"])
+    config.out = str(run_dir)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if epochs is not None:
+        if epochs < checkpoint["epoch"]:
+            raise ConfigError(f"{run_dir} already trained {checkpoint['epoch']} epochs: pass --epochs "
+                              f"{checkpoint['epoch']} or more")
+        config.epochs = epochs
+    return _fit(config.resolved(), checkpoint, progress)
+
+
+def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run:
     out = Path(config.out)
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
@@ -208,37 +239,52 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
     compiled = config.objective.startswith("jit")
     steps_per_epoch = num_data // config.batch_size if compiled else math.ceil(num_data / config.batch_size)
     history: list[dict] = []
-    start = time.perf_counter()
-    samples_seen = 0
+    first_epoch, samples_seen, seconds_before = 1, 0, 0.0
+    if checkpoint is not None:
+        first_epoch, samples_seen, history = checkpoint["epoch"] + 1, checkpoint["samples_seen"], checkpoint["history"]
+        seconds_before = history[-1]["seconds"] if history else 0.0
+        _restore(checkpoint, model, optimizer, generator, device)
+    else:
+        write_json(out / "config.json", {"config": asdict(config), "environment": environment(device)})
+    start = time.perf_counter() - seconds_before
 
     def state(epoch: int) -> dict:
-        return {"config": asdict(config), "data_dim": data.data_dim, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"config": asdict(config), "data_dim": data.data_dim, "device_type": device.type,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch, "samples_seen": samples_seen, "history": history,
                 "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}}
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}}
 
     # A private parameter store: the networks register in it under their own names (Pyro's JIT
     # objectives read parameters from it) without touching the caller's global store.
     with pyro.get_param_store().scope(), tqdm(total=config.epochs * steps_per_epoch,
+                                              initial=(first_epoch - 1) * steps_per_epoch,
                                               desc=f"{config.dataset} {config.objective}", unit="step",
                                               disable=not progress) as bar:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
             total_loss = torch.zeros((), device=device)
+            first_bad_step = torch.zeros((), dtype=torch.long, device=device)
             for step, batch in enumerate(minibatches(data.train, config.batch_size, generator, dynamic,
                                                      drop_last=compiled), 1):
                 loss = objective.differentiable_loss(model.model, model.guide, batch, num_data=num_data)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                finite = torch.isfinite(loss.detach())
+                if config.clip_grad_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                    finite = finite & torch.isfinite(norm)
                 optimizer.step()
                 total_loss += loss.detach() * len(batch)
+                # Recorded on the device, read at the next sync: no host sync per step.
+                first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
                 bar.update()
                 if step % 50 == 0 or step == steps_per_epoch:
-                    # One host sync per 50 steps: the running bound and a check that it is finite.
-                    running = -total_loss.item() / num_data / min(num_data, step * config.batch_size)
-                    if not math.isfinite(running):
+                    bad_step = first_bad_step.item()
+                    if bad_step:
                         raise TrainingError(
-                            f"the loss became non-finite in epoch {epoch} by step {step}: lower --lr, or use "
-                            f"--objective meanfield; the last good checkpoint is in {out}")
+                            f"the loss or its gradient became non-finite in epoch {epoch} at step {bad_step}: "
+                            f"lower --lr or set --clip-grad-norm; the last good checkpoint is kept in {out}")
+                    running = -total_loss.item() / num_data / min(num_data, step * config.batch_size)
                     bar.set_postfix(epoch=epoch, elbo=f"{running:.2f}")
             samples_seen += min(num_data, steps_per_epoch * config.batch_size)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -261,6 +307,24 @@ def train(config: TrainConfig, progress: bool = True) -> Run:
     write_json(out / "metrics.json", metrics)
     draw_pictures(model, data, history, out)
     return Run(model, config, data, history, metrics, out)
+
+
+def _restore(checkpoint: dict, model: VAE, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+             device: torch.device) -> None:
+    """Put model, optimizer and random states back as the checkpoint recorded them."""
+    if checkpoint.get("device_type") != device.type:
+        raise ConfigError(f"the checkpoint was written on {checkpoint.get('device_type')}: resume it with "
+                          f"--device {checkpoint.get('device_type')} to continue the same random streams")
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ConfigError(f"the checkpoint does not fit its own configuration ({error}): it was edited or "
+                          "written by another version") from None
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    generator.set_state(checkpoint["rng"]["generator"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
 
 
 def draw_pictures(model: VAE, data: ImageData, history: list, out: Path) -> None:
