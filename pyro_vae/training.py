@@ -109,10 +109,15 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles"):
+        for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles", "particles", "seed"):
+            value, least = getattr(self, name), 0 if name in ("particles", "seed") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                kind = "a positive integer" if least else "an integer, zero or more"
+                raise ConfigError(f"{name.replace('_', '-')} must be {kind}, got {value!r}")
+        for name in ("lr", "weight_decay", "clip_grad_norm", "init_std"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}")
         if not self.hidden_dims or any(not isinstance(h, int) or h < 1 for h in self.hidden_dims):
             raise ConfigError(f"hidden-dim must be one or more positive integers, got {self.hidden_dims!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
