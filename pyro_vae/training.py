@@ -98,6 +98,8 @@ class TrainConfig:
             values["binarize"] = "dynamic"
         if values["binarize"] == "none" and self.dataset == "mnist" and self.likelihood is None:
             values["likelihood"] = "gaussian"
+        if values["data_dir"] is not None:  # absolute, so that the run can be evaluated from anywhere
+            values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
         config = TrainConfig(**values)
         config.check()
         return config
