@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="(default: %(default)s)")
     train.add_argument("--lr", type=_positive_float, default=defaults.lr, help="step size (default: %(default)s)")
     train.add_argument("--weight-decay", type=_non_negative_float, default=defaults.weight_decay,
-                       help="L2 penalty; 1/N is the paper's N(0, I) prior on parameters (default: %(default)s)")
+                       help="L2 penalty on the parameters; since the loss sums over the whole training set, 1 is the paper's N(0, I) prior (default: %(default)s)")
     train.add_argument("--init-std", type=_positive_float,
                        help="draw all parameters from N(0, std^2); the paper used 0.01 (default: PyTorch's init)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")

@@ -154,8 +154,9 @@ def build_model(config: TrainConfig, data_dim: int) -> VAE:
 
 
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
-    """Adam or Adagrad; ``weight_decay`` is the paper's N(0, I) prior on the parameters (its
-    gradient is ``-theta`` per unit of weight)."""
+    """Adam or Adagrad. The loss estimates the full-data negative ELBO (a sum over the training
+    set), so ``weight_decay = 1`` adds exactly the gradient of the paper's N(0, I) prior on the
+    parameters, ``-theta``."""
     optimizer = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[config.optimizer]
     return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
