@@ -1,5 +1,6 @@
 import math
 
+import pyro
 import pytest
 import torch
 
@@ -66,3 +67,20 @@ def test_particles():
         make_objective("iwae", 1)
     with pytest.raises(ConfigError):
         make_objective("nope")
+
+
+def test_estimators_by_name():
+    """The issue's estimators: Monte-Carlo and analytic KL, TraceGraph, STL, IWAE, DReG, Renyi 0.5, tail-adaptive."""
+    from pyro_vae import estimators
+
+    expected = {"trace": (pyro.infer.Trace_ELBO, 1), "meanfield": (pyro.infer.TraceMeanField_ELBO, 1),
+                "tracegraph": (estimators.TraceGraphELBO, 1), "stl": (estimators.StickingTheLandingELBO, 1),
+                "iwae": (estimators.ImportanceWeightedELBO, 5), "dreg": (estimators.DoublyReparameterizedELBO, 5),
+                "renyi-0.5": (estimators.ImportanceWeightedELBO, 5), "tail-adaptive": (estimators.TailAdaptiveELBO, 5)}
+    for name, (cls, particles) in expected.items():
+        objective = make_objective(name)
+        assert isinstance(objective, cls) and objective.num_particles == particles, name
+        assert make_objective(name, 50).num_particles == 50
+    assert make_objective("renyi-0.5").alpha == 0.5 and make_objective("iwae").alpha == 0.0
+    # particles are vectorized in a plate of their own: the model's plate count is unchanged
+    assert all(make_objective(name, 5).max_plate_nesting == 1 for name in ("iwae", "dreg", "stl", "tail-adaptive"))
