@@ -5,25 +5,32 @@ Where things are:
 * :mod:`pyro_vae.models` — model and guide (:class:`VAE`); new latent variables go here.
 * :mod:`pyro_vae.networks`, :mod:`pyro_vae.likelihoods` — encoder and decoder networks, p(x|z).
 * :mod:`pyro_vae.objectives` — Pyro's ELBO estimators by name.
+* :mod:`pyro_vae.estimators` — estimators Pyro lacks (STL, DReG, per-datapoint IWAE, Renyi and
+  tail-adaptive); :mod:`pyro_vae.diagnostics` — gradient variance and SNR, bound gaps, cost per step.
 * :mod:`pyro_vae.datasets` — MNIST and Frey Face as tensors.
 * :mod:`pyro_vae.training` — the AEVB loop and run directories; :mod:`pyro_vae.evaluation` —
   ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` — pictures.
 """
 
 from .datasets import ImageData, load_dataset
+from .diagnostics import bound_gap, gradient_statistics, parameter_groups, seconds_per_step
 from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
+from .estimators import DoublyReparameterizedELBO, StickingTheLandingELBO, TailAdaptiveELBO, TraceGraphELBO
 from .evaluation import elbo, log_likelihood
 from .importance import log_importance_weights
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood
 from .models import VAE, build_vae
 from .networks import MLP, GaussianEncoder
 from .objectives import OBJECTIVES, ImportanceWeightedELBO, make_objective
-from .training import Run, TrainConfig, load_run, train
+from . import wake_sleep  # noqa: F401 (registers its objectives)
+from .training import Run, TrainConfig, load_run, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BernoulliLikelihood", "CheckpointError", "ConfigError", "DataError", "GaussianEncoder", "GaussianLikelihood",
     "ImageData", "ImportanceWeightedELBO", "MLP", "OBJECTIVES", "PyroVAEError", "Run", "TrainConfig", "TrainingError", "VAE", "build_vae",
-    "elbo", "load_dataset", "load_run", "log_importance_weights", "log_likelihood", "make_objective", "train",
+    "elbo", "load_dataset", "load_run", "log_importance_weights", "log_likelihood", "make_objective", "resume", "train",
 ]
+__all__ += ["DoublyReparameterizedELBO", "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO",
+            "bound_gap", "gradient_statistics", "parameter_groups", "seconds_per_step"]
