@@ -7,6 +7,7 @@ Where things are:
 * :mod:`pyro_vae.objectives` — Pyro's ELBO estimators by name.
 * :mod:`pyro_vae.estimators` — estimators Pyro lacks (STL, DReG, per-datapoint IWAE, Renyi and
   tail-adaptive); :mod:`pyro_vae.diagnostics` — gradient variance and SNR, bound gaps, cost per step.
+* :mod:`pyro_vae.wake_sleep` — the wake-sleep and reweighted wake-sleep baselines.
 * :mod:`pyro_vae.datasets` — MNIST and Frey Face as tensors.
 * :mod:`pyro_vae.training` — the AEVB loop and run directories; :mod:`pyro_vae.evaluation` —
   ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` — pictures.
@@ -28,9 +29,10 @@ from .training import Run, TrainConfig, load_run, resume, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "BernoulliLikelihood", "CheckpointError", "ConfigError", "DataError", "GaussianEncoder", "GaussianLikelihood",
-    "ImageData", "ImportanceWeightedELBO", "MLP", "OBJECTIVES", "PyroVAEError", "Run", "TrainConfig", "TrainingError", "VAE", "build_vae",
-    "elbo", "load_dataset", "load_run", "log_importance_weights", "log_likelihood", "make_objective", "resume", "train",
+    "BernoulliLikelihood", "CheckpointError", "ConfigError", "DataError", "DoublyReparameterizedELBO",
+    "GaussianEncoder", "GaussianLikelihood", "ImageData", "ImportanceWeightedELBO", "MLP", "OBJECTIVES",
+    "PyroVAEError", "Run", "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig",
+    "TrainingError", "VAE", "bound_gap", "build_vae", "elbo", "gradient_statistics", "load_dataset", "load_run",
+    "log_importance_weights", "log_likelihood", "make_objective", "parameter_groups", "resume",
+    "seconds_per_step", "train",
 ]
-__all__ += ["DoublyReparameterizedELBO", "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO",
-            "bound_gap", "gradient_statistics", "parameter_groups", "seconds_per_step"]

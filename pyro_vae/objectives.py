@@ -20,6 +20,10 @@ name               K     estimator
                          bound of Li & Turner (2016), per datapoint
 ``tail-adaptive``  5     :class:`~pyro_vae.estimators.TailAdaptiveELBO`: the tail-adaptive f-divergence
                          gradient of Wang et al. (2018), per datapoint; its value is the ELBO
+``wake-sleep``     1     :class:`~pyro_vae.wake_sleep.WakeSleep`: the baseline of Hinton et al. (1995),
+                         registered by :mod:`pyro_vae.wake_sleep`
+``rws``            5     :class:`~pyro_vae.wake_sleep.ReweightedWakeSleep`: reweighted wake-sleep
+                         (Bornschein & Bengio 2015) with per-datapoint weights
 =================  ====  =========================================================================
 
 K is the default number of particles (:data:`DEFAULT_PARTICLES`); ``make_objective(name, K)``
