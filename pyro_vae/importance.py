@@ -64,20 +64,30 @@ def trace_log_weights(model_trace: Trace, guide_trace: Trace,
             if not site["fn"].has_rsample:
                 raise ConfigError(f"path-derivative gradients need a reparameterized guide, but site "
                                   f"{site['name']!r} draws from {type(site['fn']).__name__}, which is not")
-    log_weight, scale = 0.0, 1.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                if path_derivative and trace is guide_trace:
-                    log_prob = detach(site["fn"]).log_prob(site["value"])
-                else:
-                    log_prob = site["unscaled_log_prob"]
-                while log_prob.dim() > 2:  # plates nested inside the data plate
-                    log_prob = log_prob.sum(-1)
-                log_weight = log_weight + sign * log_prob
-                scale = float(site["scale"])
+    sites = [site for trace in (model_trace, guide_trace) for site in _scored_sites(trace)]
+    scale = float(sites[-1]["scale"]) if sites else 1.0
+    log_weight = trace_log_density(model_trace) - trace_log_density(guide_trace, detach_parameters=path_derivative)
     return log_weight, scale
+
+
+def _scored_sites(trace: Trace) -> list[dict]:
+    return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
+
+
+def trace_log_density(trace: Trace, detach_parameters: bool = False) -> torch.Tensor:
+    """The unscaled log-density of a trace's sample sites, per particle and datapoint.
+
+    Log-densities of plates nested inside the data plate are summed into their datapoint. With
+    ``detach_parameters`` each site's distribution is evaluated with detached parameters.
+    """
+    trace.compute_log_prob()
+    total = 0.0
+    for site in _scored_sites(trace):
+        log_prob = detach(site["fn"]).log_prob(site["value"]) if detach_parameters else site["unscaled_log_prob"]
+        while log_prob.dim() > 2:  # plates nested inside the data plate
+            log_prob = log_prob.sum(-1)
+        total = total + log_prob
+    return total
 
 
 def log_importance_weights(model: Callable, guide: Callable, num_particles: int, *args,

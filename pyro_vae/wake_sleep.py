@@ -62,27 +62,13 @@ from pyro.infer.enum import get_importance_trace
 
 from .errors import ConfigError
 from .estimators import ParticleELBO
+from .importance import trace_log_density
 from .objectives import DEFAULT_PARTICLES, register
 
 
 def _gradient_only(term: torch.Tensor) -> torch.Tensor:
     """Zero in value, ``term``'s gradient in gradient."""
     return term - term.detach()
-
-
-def _per_datapoint(trace: pyro.poutine.Trace) -> torch.Tensor:
-    """Unscaled log-density of a trace's sample sites, shape ``(num_particles, batch_size)``.
-
-    Log-densities of plates nested inside the data plate are summed into their datapoint.
-    """
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            log_prob = site["unscaled_log_prob"]
-            while log_prob.dim() > 2:
-                log_prob = log_prob.sum(-1)
-            total = total + log_prob
-    return total
 
 
 def _data_scale(trace: pyro.poutine.Trace) -> float:
@@ -135,8 +121,8 @@ class ReweightedWakeSleep(ParticleELBO):
         """
         # The plate wraps model and guide inside the trace and replay handlers, as in Pyro's ELBOs.
         model_trace, guide_trace = self._get_trace(self._particles(model), self._particles(guide), args, kwargs)
-        log_p = _per_datapoint(model_trace)
-        log_q = _per_datapoint(guide_trace)
+        log_p = trace_log_density(model_trace)
+        log_q = trace_log_density(guide_trace)
         scale = _data_scale(model_trace)
         log_weight = log_p - log_q.detach()
         bound = torch.logsumexp(log_weight, 0) - math.log(self.num_particles)
