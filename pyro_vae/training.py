@@ -47,6 +47,7 @@ from .likelihoods import LIKELIHOODS
 from .models import VAE, build_vae
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES, make_objective
+from .step import ObjectiveLoss, TrainingStep
 
 TRAIN_EVAL_SIZE = 10_000
 TRAIN_EVAL_SEED = 0
@@ -241,6 +242,7 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
     model = build_model(config, data.data_dim).to(device)
     objective = make_objective(config.objective, config.particles)
     optimizer = make_optimizer(config, model.parameters())
+    step_fn = TrainingStep(ObjectiveLoss(model, objective), optimizer, config.clip_grad_norm)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.
@@ -274,15 +276,8 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
             first_bad_step = torch.zeros((), dtype=torch.long, device=device)
             for step, batch in enumerate(minibatches(data.train, config.batch_size, generator, dynamic,
                                                      drop_last=compiled), 1):
-                loss = objective.differentiable_loss(model.model, model.guide, batch, num_data=num_data)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                finite = torch.isfinite(loss.detach())
-                if config.clip_grad_norm is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                    finite = finite & torch.isfinite(norm)
-                optimizer.step()
-                total_loss += loss.detach() * len(batch)
+                loss, finite = step_fn([((batch,), num_data)])
+                total_loss += loss * len(batch)
                 # Recorded on the device, read at the next sync: no host sync per step.
                 first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
                 bar.update()
