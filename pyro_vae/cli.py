@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from .datasets import BINARIZATIONS, DATASETS
 from .errors import ConfigError, PyroVAEError
 from .likelihoods import LIKELIHOODS
+from .models import CONDITIONS, MODELS
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .training import OPTIMIZERS, TrainConfig
@@ -68,11 +69,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="data set (default: %(default)s, bundled with the package)")
     train.add_argument("--data-dir", help="folder holding MNIST/raw or FreyFace/frey_rawface.mat "
                                           "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
-    train.add_argument("--latent-dim", type=_positive_int, help="dimension Nz of z (default: 20 for mnist, 2 for frey-face)")
+    train.add_argument("--model", choices=list(MODELS), default=defaults.model,
+                       help="vae: z -> x; hierarchical: h2 -> h1 -> x (Burda et al.); m2: semi-supervised with a "
+                            "class y (Kingma et al. 2014); cvae: conditioned on a label or the top half of the "
+                            "image (default: %(default)s)")
+    train.add_argument("--latent-dim", type=_positive_int,
+                       help="dimension Nz of z (default: 20 for mnist, 2 for frey-face; hierarchical: 100 for h1, "
+                            "h2 has half; m2: 50)")
     train.add_argument("--hidden-dim", type=_positive_int, nargs="+", dest="hidden_dims", metavar="N",
-                       help="hidden layer sizes of encoder and decoder (default: 500 for mnist, 200 for frey-face)")
-    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default=defaults.activation,
-                       help="hidden activation (default: %(default)s)")
+                       help="hidden layer sizes of encoder and decoder (default: 500 for mnist, 200 for frey-face; "
+                            "hierarchical: 200 200, halved for the top layer)")
+    train.add_argument("--activation", choices=sorted(ACTIVATIONS),
+                       help="hidden activation (default: tanh; softplus for m2)")
     train.add_argument("--likelihood", choices=sorted(LIKELIHOODS),
                        help="p(x|z) (default: bernoulli for binarized data, gaussian otherwise)")
     train.add_argument("--binarize", choices=BINARIZATIONS,
@@ -80,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive_int, help="passes over the training set (default: 10 for mnist, 500 for frey-face)")
     train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="minibatch size M (default: %(default)s)")
     train.add_argument("--objective", choices=list(OBJECTIVES), default=defaults.objective,
-                       help="ELBO estimator (default: %(default)s, analytic KL)")
+                       help="ELBO estimator (default: meanfield, analytic KL; trace for hierarchical, enum for m2)")
     train.add_argument("--particles", type=_non_negative_int, default=defaults.particles,
                        help="samples of z per datapoint in the objective (default: 1; 5 for iwae)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="(default: %(default)s)")
@@ -97,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="K of the final importance-sampled log-likelihood (default: %(default)s)")
     train.add_argument("--clip-grad-norm", type=_positive_float,
                        help="clip the gradient's total norm to this value (default: no clipping)")
+    train.add_argument("--labels-per-class", type=_positive_int, default=defaults.labels_per_class,
+                       help="m2: labelled training images per class; the rest are unlabelled (default: %(default)s)")
+    train.add_argument("--aux-weight", type=_non_negative_float,
+                       help="m2: weight of the classification loss per labelled image (default: 0.1 N / N_labelled, "
+                            "Kingma et al.'s alpha = 0.1 N)")
+    train.add_argument("--condition", choices=CONDITIONS, default=defaults.condition,
+                       help="cvae: what generation is conditioned on (default: %(default)s)")
     train.add_argument("--out", default=defaults.out, help="run directory (default: %(default)s)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue RUN_DIR from its last checkpoint with its own configuration "
@@ -134,7 +149,8 @@ def _train(args: argparse.Namespace) -> None:
                               "(only --epochs and --data-dir may be given)")
         run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet)
     metrics = run.metrics
-    print(f"train ELBO {metrics['train_elbo']:.2f}, test ELBO {metrics['test_elbo']:.2f}, "
+    accuracy = f"test accuracy {metrics['test_accuracy']:.4f}, " if "test_accuracy" in metrics else ""
+    print(f"{accuracy}train ELBO {metrics['train_elbo']:.2f}, test ELBO {metrics['test_elbo']:.2f}, "
           f"test log p(x) {metrics['test_log_likelihood']:.2f} ± {metrics['test_log_likelihood_stderr']:.2f} "
           f"(K = {metrics['test_log_likelihood_particles']}) nats per datapoint; "
           f"{metrics['seconds_per_epoch']:.2f} s per epoch; written to {run.out}")
@@ -150,13 +166,18 @@ def _evaluate(args: argparse.Namespace) -> None:
     model, config, _ = load_run(args.run_dir, args.device, args.data_dir)
     data, _, _ = prepare_data(config, resolve_device(args.device))
     pyro.set_rng_seed(args.seed)
-    test_elbo = evaluation.elbo(model.model, model.guide, data.test, progress=not args.quiet)
-    test_ll = evaluation.log_likelihood(model.model, model.guide, data.test, args.particles, progress=not args.quiet)
+    test = model.inputs(data.test, data.test_labels)
+    test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet)
+    test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet)
     result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed}
-    write_json(Path(args.run_dir) / "evaluation.json", result)
+    summary = {"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}
     print(f"test ELBO      {test_elbo}")
     print(f"test log p(x)  {test_ll}")
-    print(json.dumps({"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}))
+    if hasattr(model, "classify"):
+        result["test_accuracy"] = summary["test_accuracy"] = evaluation.accuracy(model, data.test, data.test_labels)
+        print(f"test accuracy  {result['test_accuracy']:.4f}")
+    write_json(Path(args.run_dir) / "evaluation.json", result)
+    print(json.dumps(summary))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -203,19 +203,44 @@ def prepare_binarization(data: ImageData, binarize: str) -> tuple[ImageData, boo
     return replace(data, test=test), True
 
 
+def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator,
+                      drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """One epoch of shuffled index batches into ``num_data`` rows, on ``generator``'s device.
+
+    The last batch is smaller when ``batch_size`` does not divide ``num_data``, or left out with
+    ``drop_last``.
+    """
+    order = torch.randperm(num_data, generator=generator, device=generator.device)
+    if drop_last:
+        order = order[: len(order) - len(order) % batch_size]
+    yield from order.split(batch_size)
+
+
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
                 dynamic_binarization: bool = False, drop_last: bool = False) -> Iterator[torch.Tensor]:
     """One epoch of shuffled minibatches of the rows of ``x``, indexed on ``x``'s device.
 
-    The last batch is smaller when ``batch_size`` does not divide ``len(x)``, or left out with
-    ``drop_last``. With
-    ``dynamic_binarization`` each batch is a fresh Bernoulli draw of its grey levels. The order
-    and the draws come from ``generator`` (which must live on ``x``'s device), so a seeded
-    generator reproduces them exactly.
+    Batches are as :func:`minibatch_indices` draws them. With ``dynamic_binarization`` each batch
+    is a fresh Bernoulli draw of its grey levels. The order and the draws come from ``generator``
+    (which must live on ``x``'s device), so a seeded generator reproduces them exactly.
     """
-    order = torch.randperm(len(x), generator=generator, device=x.device)
-    if drop_last:
-        order = order[: len(order) - len(order) % batch_size]
-    for batch_index in order.split(batch_size):
+    for batch_index in minibatch_indices(len(x), batch_size, generator, drop_last):
         batch = x[batch_index]
         yield torch.bernoulli(batch, generator=generator) if dynamic_binarization else batch
+
+
+def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` datapoints of every class, drawn at random with ``seed``.
+
+    The classes are balanced, as in Kingma et al. (2014)'s semi-supervised experiments.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    chosen = []
+    for value in labels.unique():
+        members = (labels == value).nonzero().squeeze(1)
+        if len(members) < per_class:
+            raise ConfigError(f"class {int(value)} has only {len(members)} datapoints: pass --labels-per-class "
+                              f"{len(members)} or fewer")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values

@@ -10,7 +10,9 @@ Both figures come from the same quantity, the log importance weight of a draw z 
   (Burda et al. 2016; K = 5000 as in their paper). It is a lower bound in expectation that
   tightens to log p(x) as K grows, and it is consistent.
 
-Weights are computed for any model and guide written as Pyro programs over a data plate. Work
+Weights are computed for any model and guide written as Pyro programs over a data plate. The
+data ``x`` is a tensor, or a tuple of tensors with one row per datapoint (images and labels, for
+models that take both), passed to model and guide as their arguments. Work
 is split into chunks of at most ``chunk_size`` (particle, datapoint) pairs to fit in memory.
 
 Figures are averages over datapoints, in nats; the standard error is that of this average
@@ -19,7 +21,7 @@ Figures are averages over datapoints, in nats; the standard error is that of thi
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -45,20 +47,24 @@ class Estimate:
         return f"{self.mean:.2f} ± {self.stderr:.2f} nats (K = {self.num_particles}, {self.num_data} datapoints)"
 
 
-def _per_datapoint(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int,
+Data = Union[torch.Tensor, tuple]
+
+
+def _per_datapoint(model: Callable, guide: Callable, x: Data, num_particles: int,
                    reduce: Callable[[torch.Tensor], torch.Tensor], chunk_size: int, progress: bool,
                    description: str) -> torch.Tensor:
     """Apply ``reduce`` (particles -> one value) to the log weights of every datapoint, in chunks."""
+    data = x if isinstance(x, tuple) else (x,)
     particles_per_chunk = max(1, min(num_particles, chunk_size))
     rows_per_chunk = max(1, chunk_size // particles_per_chunk)
     results = []
-    with tqdm(total=len(x), desc=description, unit="datapoint", disable=not progress, leave=False) as bar:
-        for rows in x.split(rows_per_chunk):
+    with tqdm(total=len(data[0]), desc=description, unit="datapoint", disable=not progress, leave=False) as bar:
+        for rows in zip(*(tensor.split(rows_per_chunk) for tensor in data)):
             with torch.no_grad():
-                pieces = [log_importance_weights(model, guide, min(particles_per_chunk, num_particles - start), rows)[0]
+                pieces = [log_importance_weights(model, guide, min(particles_per_chunk, num_particles - start), *rows)[0]
                           for start in range(0, num_particles, particles_per_chunk)]
             results.append(reduce(torch.cat(pieces)))
-            bar.update(len(rows))
+            bar.update(len(rows[0]))
     return torch.cat(results)
 
 
@@ -68,14 +74,14 @@ def _summary(values: torch.Tensor, num_particles: int) -> Estimate:
     return Estimate(values.mean().item(), stderr, num_particles, len(values))
 
 
-def elbo(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int = 1,
+def elbo(model: Callable, guide: Callable, x: Data, num_particles: int = 1,
          chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> Estimate:
     """The ELBO per datapoint, estimated with ``num_particles`` draws per datapoint."""
     values = _per_datapoint(model, guide, x, num_particles, lambda w: w.mean(0), chunk_size, progress, "ELBO")
     return _summary(values, num_particles)
 
 
-def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int = 5000,
+def log_likelihood(model: Callable, guide: Callable, x: Data, num_particles: int = 5000,
                    chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False) -> Estimate:
     """The importance-sampled estimate of log p(x) per datapoint, with K = ``num_particles``."""
     def log_mean_exp(log_weight: torch.Tensor) -> torch.Tensor:
@@ -85,3 +91,10 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, num_partic
     values = _per_datapoint(model, guide, x, num_particles, log_mean_exp, chunk_size, progress,
                             f"log p(x), K={num_particles}")
     return _summary(values, num_particles)
+
+
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+    """The fraction of ``x`` whose class ``model.classify`` predicts as ``y``."""
+    correct = sum(int((model.classify(rows) == labels).sum()) for rows, labels in zip(x.split(chunk_size),
+                                                                                   y.split(chunk_size)))
+    return correct / len(x)

@@ -65,6 +65,17 @@ class GaussianEncoder(nn.Module):
         return loc, nn.functional.softplus(raw_scale) + self.min_scale
 
 
+def concat(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate features (last dim) after broadcasting the batch dims.
+
+    A network of several inputs, such as q(z|x, y) or p(x|z, y), sees ``[x, y]``. Under Pyro's
+    enumeration or a plate of particles the inputs have different batch shapes (``y`` of shape
+    ``(10, 1, 10)`` against ``x`` of shape ``(B, 784)``), which this broadcasts first.
+    """
+    batch_shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*batch_shape, t.shape[-1]) for t in tensors], dim=-1)
+
+
 def init_normal_(module: nn.Module, std: float) -> nn.Module:
     """Draw every parameter of ``module`` from N(0, std^2), in place (paper: std = 0.01)."""
     with torch.no_grad():

@@ -7,6 +7,8 @@ name               K     estimator
 ``meanfield``      1     :class:`~pyro.infer.TraceMeanField_ELBO`: analytic KL, estimator B (eq. 7)
 ``tracegraph``     1     :class:`~pyro_vae.estimators.TraceGraphELBO`: Pyro's TraceGraph_ELBO with a
                          ``differentiable_loss``
+``enum``           1     :class:`~pyro.infer.TraceEnum_ELBO`: ``trace`` with the guide's discrete sites marked
+                         for enumeration summed out exactly (the class y of M2)
 ``jit-trace``      1     :class:`~pyro.infer.JitTrace_ELBO`, the same as ``trace`` compiled by TorchScript
 ``jit-meanfield``  1     :class:`~pyro.infer.JitTraceMeanField_ELBO`
 ``stl``            1     :class:`~pyro_vae.estimators.StickingTheLandingELBO`: the ELBO with the
@@ -54,12 +56,14 @@ no latent variable's parents in the model are its descendants in the guide); for
 single-layer VAE that holds trivially. In expectation it equals ``trace``: both estimate the
 same ELBO, ``meanfield`` with the KL term computed exactly, hence lower variance. ``stl`` and
 ``dreg`` need a fully reparameterized guide whose latent sites do not depend on each other's
-samples (:mod:`pyro_vae.estimators`).
+samples (:mod:`pyro_vae.estimators`). Only ``trace``, ``tracegraph`` and ``enum`` handle
+discrete latent variables. :func:`check_objective` refuses an objective whose assumptions a
+model's guide breaks, as the model declares them (``mean_field_guide``, ``reparameterized_guide``).
 """
 
 from typing import Callable, Dict
 
-from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .errors import ConfigError
 from .estimators import (DoublyReparameterizedELBO, ImportanceWeightedELBO, StickingTheLandingELBO, TailAdaptiveELBO,
@@ -73,6 +77,13 @@ DEFAULT_PARTICLES = {"iwae": 5, "dreg": 5, "renyi-0.5": 5, "tail-adaptive": 5}
 
 #: Objectives that need at least two particles (with one they are the ELBO).
 MULTI_PARTICLE = ("iwae", "dreg", "renyi-0.5", "tail-adaptive")
+
+#: Objectives that are exact only for a mean-field guide (analytic KL per site, or detached
+#: guide parameters that would cut the path between dependent latent sites).
+MEAN_FIELD_ONLY = ("meanfield", "jit-meanfield", "stl", "dreg")
+
+#: Objectives that handle discrete (non-reparameterized) latent variables.
+DISCRETE_LATENTS = ("trace", "tracegraph", "enum")
 
 
 def register(name: str) -> Callable:
@@ -103,6 +114,12 @@ def _meanfield(num_particles: int, max_plate_nesting: int) -> ELBO:
 @register("tracegraph")
 def _tracegraph(num_particles: int, max_plate_nesting: int) -> ELBO:
     return TraceGraphELBO(**_particles(num_particles, max_plate_nesting))
+
+
+@register("enum")
+def _enum(num_particles: int, max_plate_nesting: int) -> ELBO:
+    # No warning for labelled batches, which have nothing to enumerate.
+    return TraceEnum_ELBO(strict_enumeration_warning=False, **_particles(num_particles, max_plate_nesting))
 
 
 @register("jit-trace")
@@ -150,3 +167,14 @@ def make_objective(name: str, num_particles: int = 0, max_plate_nesting: int = 1
     if name in MULTI_PARTICLE and particles < 2:
         raise ConfigError(f"the {name} objective needs at least 2 particles: pass --particles 2 or more")
     return OBJECTIVES[name](particles, max_plate_nesting)
+
+
+def check_objective(name: str, model) -> None:
+    """Raise :class:`ConfigError` if the objective ``name`` is wrong for ``model``'s guide."""
+    model_name = type(model).__name__
+    if name in MEAN_FIELD_ONLY and not getattr(model, "mean_field_guide", True):
+        raise ConfigError(f"the {name} objective assumes a mean-field guide, which {model_name} does not have: "
+                          "use --objective trace (or tracegraph, iwae)")
+    if name not in DISCRETE_LATENTS and not getattr(model, "reparameterized_guide", True):
+        raise ConfigError(f"{model_name} has discrete latent variables, which the {name} objective cannot "
+                          f"handle: use --objective {' or '.join(DISCRETE_LATENTS[::-1])}")

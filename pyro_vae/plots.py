@@ -1,5 +1,7 @@
 """Pictures of a run, as PNG files: learning curves (the paper's Figure 2), reconstructions,
-samples from the prior and the learned data manifold of a 2-D latent space (Figure 4).
+samples from the prior, the learned data manifold of a 2-D latent space (Figure 4), and the
+pictures a model names for itself (``model.pictures``: styles across classes for M2, samples
+per class or completions for the conditional VAE), all drawn by :func:`save_image_grid`.
 
 Image grids are made by :func:`torchvision.utils.make_grid` and drawn by matplotlib with the
 non-interactive Agg backend, so pictures are written on machines without a display.
@@ -54,10 +56,11 @@ def save_image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int,
 
 
 def plot_reconstructions(model, x: torch.Tensor, image_shape: Sequence[int], path: os.PathLike,
-                         count: int = 10) -> None:
-    """Data (top row) over their reconstructions E[x | z = mu(x)] (bottom row)."""
-    x = x[:count]
-    save_image_grid(torch.cat([x, model.reconstruct(x)]), image_shape, len(x), path,
+                         count: int = 10, labels: Optional[torch.Tensor] = None) -> None:
+    """Data (top row) over their reconstructions E[x | z = mu(x)] (bottom row); ``labels`` for
+    models that take them."""
+    inputs = model.inputs(x[:count], None if labels is None else labels[:count])
+    save_image_grid(torch.cat([inputs[0], model.reconstruct(*inputs)]), image_shape, len(inputs[0]), path,
                     "data (top) and reconstructions (bottom)")
 
 
@@ -82,9 +85,17 @@ def latent_grid(points_per_axis: int, device: Optional[torch.device] = None) -> 
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
 
 
-def plot_manifold(model, image_shape: Sequence[int], path: os.PathLike, points_per_axis: int = 15) -> None:
-    """The learned data manifold of a 2-D latent space: decoder means on a grid of quantiles."""
+def plot_model_pictures(model, x: torch.Tensor, labels: Optional[torch.Tensor], image_shape: Sequence[int],
+                        directory: os.PathLike, seed: int = 0) -> list:
+    """Save every picture ``model.pictures(x, labels, generator)`` names, as ``<name>.png``.
+
+    A model's ``pictures`` returns ``{name: (images, images_per_row, title)}``; returns the paths.
+    """
     device = next(model.parameters()).device
-    z = latent_grid(points_per_axis, device)
-    save_image_grid(model.decode(z), image_shape, points_per_axis, path,
-                    "learned manifold: E[x|z] on Gaussian quantiles of z", pixel_size=0.03)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    paths = []
+    for name, (images, nrow, title) in model.pictures(x, labels, generator).items():
+        path = os.path.join(directory, f"{name}.png")
+        save_image_grid(images, image_shape, nrow, path, title)
+        paths.append(path)
+    return paths

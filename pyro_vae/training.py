@@ -33,7 +33,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyro
 import torch
@@ -41,23 +41,39 @@ from tqdm.auto import tqdm
 
 from . import evaluation, plots
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .datasets import BINARIZATIONS, DATASETS, ImageData, binarize_once, load_dataset, minibatches, prepare_binarization
+from .datasets import (BINARIZATIONS, DATASETS, ImageData, binarize_once, labelled_subset, load_dataset, minibatch_indices,
+                       prepare_binarization)
 from .errors import ConfigError, TrainingError
 from .likelihoods import LIKELIHOODS
-from .models import VAE, build_vae
+from .models import CONDITIONS, MODELS, VAE
+from .models import build_model as build_named_model
 from .networks import ACTIVATIONS
-from .objectives import OBJECTIVES, make_objective
+from .objectives import OBJECTIVES, check_objective, make_objective
 from .step import ObjectiveLoss, TrainingStep
 
 TRAIN_EVAL_SIZE = 10_000
 TRAIN_EVAL_SEED = 0
+LABELLED_SEED = 0
 OPTIMIZERS = ("adam", "adagrad")
+NUM_CLASSES = 10  # MNIST's digits: the classes of the labelled models
+
+#: Settings that depend on the model when left unset, before the data set's: Burda et al.'s
+#: two-layer network (200-200 units to h1 of 100, 100-100 to h2 of 50) and Kingma et al. (2014)'s
+#: M2 (500 softplus units, z of 50).
+MODEL_DEFAULTS = {
+    "vae": {"objective": "meanfield"},
+    "hierarchical": {"latent_dim": 100, "hidden_dims": [200, 200], "objective": "trace"},
+    "m2": {"latent_dim": 50, "hidden_dims": [500], "activation": "softplus", "epochs": 30, "objective": "enum"},
+    "cvae": {"objective": "meanfield"},
+}
 
 #: Settings that depend on the data set when left unset: the paper's networks (one hidden
 #: layer of 500 units for MNIST, 200 for Frey Face) and training lengths that finish in minutes.
 DATASET_DEFAULTS = {
-    "mnist": {"latent_dim": 20, "hidden_dims": [500], "epochs": 10, "likelihood": "bernoulli", "binarize": "dynamic"},
-    "frey-face": {"latent_dim": 2, "hidden_dims": [200], "epochs": 500, "likelihood": "gaussian", "binarize": "none"},
+    "mnist": {"latent_dim": 20, "hidden_dims": [500], "epochs": 10, "likelihood": "bernoulli", "binarize": "dynamic",
+              "activation": "tanh"},
+    "frey-face": {"latent_dim": 2, "hidden_dims": [200], "epochs": 500, "likelihood": "gaussian", "binarize": "none",
+                  "activation": "tanh"},
 }
 
 
@@ -67,14 +83,15 @@ class TrainConfig:
 
     dataset: str = "frey-face"
     data_dir: Optional[str] = None
+    model: str = "vae"
     latent_dim: Optional[int] = None
     hidden_dims: Optional[list] = None
-    activation: str = "tanh"
+    activation: Optional[str] = None
     likelihood: Optional[str] = None
     binarize: Optional[str] = None
     epochs: Optional[int] = None
     batch_size: int = 100
-    objective: str = "meanfield"
+    objective: Optional[str] = None
     particles: int = 0
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -85,16 +102,22 @@ class TrainConfig:
     eval_every: int = 1
     eval_particles: int = 1000
     clip_grad_norm: Optional[float] = None
+    labels_per_class: int = 10
+    aux_weight: Optional[float] = None
+    condition: str = "label"
     out: str = "runs/latest"
 
     def resolved(self) -> "TrainConfig":
         """A copy with the data set's defaults filled in, checked for consistency."""
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         values = asdict(self)
-        for key, default in DATASET_DEFAULTS[self.dataset].items():
-            if values[key] is None:
-                values[key] = default
+        for defaults in (MODEL_DEFAULTS.get(self.model, {}), DATASET_DEFAULTS[self.dataset]):
+            for key, default in defaults.items():
+                if values[key] is None:
+                    values[key] = default
         if values["likelihood"] == "bernoulli" and self.dataset == "frey-face" and self.binarize is None:
             values["binarize"] = "dynamic"
         if values["binarize"] == "none" and self.dataset == "mnist" and self.likelihood is None:
@@ -107,17 +130,18 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`ConfigError` on an impossible configuration."""
-        choices = {"objective": OBJECTIVES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
+        choices = {"model": MODELS, "condition": CONDITIONS, "objective": OBJECTIVES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
                    "binarize": BINARIZATIONS, "activation": ACTIVATIONS, "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles", "particles", "seed"):
+        for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles", "particles", "seed",
+                     "labels_per_class"):
             value, least = getattr(self, name), 0 if name in ("particles", "seed") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 kind = "a positive integer" if least else "an integer, zero or more"
                 raise ConfigError(f"{name.replace('_', '-')} must be {kind}, got {value!r}")
-        for name in ("lr", "weight_decay", "clip_grad_norm", "init_std"):
+        for name in ("lr", "weight_decay", "clip_grad_norm", "init_std", "aux_weight"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}")
@@ -131,6 +155,8 @@ class TrainConfig:
             raise ConfigError(f"clip-grad-norm must be positive, got {self.clip_grad_norm!r}")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"init-std must be positive, got {self.init_std!r}")
+        if self.aux_weight is not None and not (self.aux_weight >= 0 and math.isfinite(self.aux_weight)):
+            raise ConfigError(f"aux-weight must be zero or positive, got {self.aux_weight!r}")
         make_objective(self.objective, self.particles)  # checks the particle count
 
     @classmethod
@@ -148,10 +174,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: TrainConfig, data_dim: int) -> VAE:
-    """The model a (resolved) configuration describes."""
-    return build_vae(data_dim, config.latent_dim, config.hidden_dims, config.likelihood,
-                     config.activation, config.init_std)
+def build_model(config: TrainConfig, data_dim: int, image_shape=(28, 28), num_data: Optional[int] = None) -> VAE:
+    """The model a (resolved) configuration describes, for data of ``num_data`` training images.
+
+    M2's auxiliary weight defaults to Kingma et al.'s alpha = 0.1 * N spread over the N_l
+    labelled images: ``0.1 * num_data / N_l`` per labelled image.
+    """
+    num_labelled = NUM_CLASSES * config.labels_per_class
+    aux_weight = config.aux_weight
+    if aux_weight is None:
+        aux_weight = 0.1 * (num_data or num_labelled) / num_labelled
+    return build_named_model(config.model, data_dim, config.latent_dim, config.hidden_dims, config.likelihood,
+                             config.activation, config.init_std, num_classes=NUM_CLASSES, aux_weight=aux_weight,
+                             condition=config.condition, image_shape=image_shape)
 
 
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
@@ -162,18 +197,20 @@ def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
-def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, torch.Tensor]:
+def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, tuple]:
     """The data as the configuration asks: binarized, on the device, checked against the likelihood.
 
     Returns the data, whether training batches are binarized dynamically, and the fixed subset
-    of training images on which the train ELBO is estimated.
+    of training images (and their labels, or ``None``) on which the train ELBO is estimated.
     """
     data = load_dataset(config.dataset, config.data_dir).to(device)
     data, dynamic = prepare_binarization(data, config.binarize)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
-    train_eval = data.train[order[:TRAIN_EVAL_SIZE].to(device)]
+    subset = order[:TRAIN_EVAL_SIZE].to(device)
+    train_eval_x = data.train[subset]
     if dynamic:
-        train_eval = binarize_once(train_eval)
+        train_eval_x = binarize_once(train_eval_x)
+    train_eval = (train_eval_x, None if data.train_labels is None else data.train_labels[subset])
     likelihood = LIKELIHOODS[config.likelihood]
     if not dynamic:
         likelihood.check_support(data.train, f"the {config.dataset} training data")
@@ -182,6 +219,27 @@ def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, 
         raise ConfigError(f"batch-size {config.batch_size} exceeds the {len(data.train)} training images: "
                           f"pass --batch-size {len(data.train)} or less")
     return data, dynamic, train_eval
+
+
+def training_parts(config: TrainConfig, model: VAE, data: ImageData) -> list[tuple]:
+    """The parts of the training data as ``(images, labels or None)``, the largest first.
+
+    An unsupervised model trains on all images; a model that takes labels, on all images with
+    their labels; a semi-supervised one on two parts, the images without labels and a
+    class-balanced subset of ``labels_per_class`` labelled images per class (seeded by
+    :data:`LABELLED_SEED`, the same for every run).
+    """
+    if model.labels == "none":
+        return [(data.train, None)]
+    if data.train_labels is None:
+        raise ConfigError(f"the {config.model} model needs class labels, which {config.dataset} does not have: "
+                          "use --dataset mnist" + (" or --condition top-half" if config.model == "cvae" else ""))
+    if model.labels == "all":
+        return [(data.train, data.train_labels)]
+    labelled = labelled_subset(data.train_labels, config.labels_per_class, LABELLED_SEED).to(data.train.device)
+    unlabelled = torch.ones(len(data.train), dtype=torch.bool, device=data.train.device)
+    unlabelled[labelled] = False
+    return [(data.train[unlabelled], None), (data.train[labelled], data.train_labels[labelled])]
 
 
 def environment(device: torch.device) -> dict:
@@ -239,7 +297,9 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
     data, dynamic, train_eval = prepare_data(config, device)
-    model = build_model(config, data.data_dim).to(device)
+    model = build_model(config, data.data_dim, data.image_shape, len(data.train)).to(device)
+    check_objective(config.objective, model)
+    parts = training_parts(config, model, data)
     objective = make_objective(config.objective, config.particles)
     optimizer = make_optimizer(config, model.parameters())
     step_fn = TrainingStep(ObjectiveLoss(model, objective), optimizer, config.clip_grad_norm)
@@ -247,7 +307,8 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.
     compiled = config.objective.startswith("jit")
-    steps_per_epoch = num_data // config.batch_size if compiled else math.ceil(num_data / config.batch_size)
+    main_size = len(parts[0][0])
+    steps_per_epoch = main_size // config.batch_size if compiled else math.ceil(main_size / config.batch_size)
     history: list[dict] = []
     first_epoch, samples_seen, seconds_before = 1, 0, 0.0
     if checkpoint is not None:
@@ -259,25 +320,35 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
     start = time.perf_counter() - seconds_before
 
     def state(epoch: int) -> dict:
-        return {"config": asdict(config), "data_dim": data.data_dim, "device_type": device.type,
+        return {"config": asdict(config), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
+                "num_data": num_data, "device_type": device.type,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch, "samples_seen": samples_seen, "history": history,
                 "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}}
 
+    def batch(part: tuple, index: torch.Tensor) -> tuple[tuple, int]:
+        """A minibatch of a data part as (model arguments, part size)."""
+        x, y = part
+        x_batch = torch.bernoulli(x[index], generator=generator) if dynamic else x[index]
+        return (x_batch,) if y is None else (x_batch, y[index]), len(x)
+
     # A private parameter store: the networks register in it under their own names (Pyro's JIT
     # objectives read parameters from it) without touching the caller's global store.
     with pyro.get_param_store().scope(), tqdm(total=config.epochs * steps_per_epoch,
                                               initial=(first_epoch - 1) * steps_per_epoch,
-                                              desc=f"{config.dataset} {config.objective}", unit="step",
-                                              disable=not progress) as bar:
+                                              desc=f"{config.dataset} {config.model} {config.objective}",
+                                              unit="step", disable=not progress) as bar:
         for epoch in range(first_epoch, config.epochs + 1):
             total_loss = torch.zeros((), device=device)
             first_bad_step = torch.zeros((), dtype=torch.long, device=device)
-            for step, batch in enumerate(minibatches(data.train, config.batch_size, generator, dynamic,
-                                                     drop_last=compiled), 1):
-                loss, finite = step_fn([((batch,), num_data)])
-                total_loss += loss * len(batch)
+            # The first part sets the epoch; the others (labelled images) are cycled alongside it.
+            others = [_cycle(len(part[0]), min(config.batch_size, len(part[0])), generator) for part in parts[1:]]
+            for step, index in enumerate(minibatch_indices(main_size, config.batch_size, generator, compiled), 1):
+                batches = [batch(parts[0], index)] + [batch(part, next(indices)) for part, indices in zip(parts[1:], others)]
+                loss, finite = step_fn(batches)
+                total_loss += loss
+                samples_seen += sum(len(args[0]) for args, _ in batches)
                 # Recorded on the device, read at the next sync: no host sync per step.
                 first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
                 bar.update()
@@ -287,13 +358,10 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
                         raise TrainingError(
                             f"the loss or its gradient became non-finite in epoch {epoch} at step {bad_step}: "
                             f"lower --lr or set --clip-grad-norm; the last good checkpoint is kept in {out}")
-                    running = -total_loss.item() / num_data / min(num_data, step * config.batch_size)
-                    bar.set_postfix(epoch=epoch, elbo=f"{running:.2f}")
-            samples_seen += min(num_data, steps_per_epoch * config.batch_size)
+                    bar.set_postfix(epoch=epoch, objective=f"{-total_loss.item() / step / num_data:.2f}")
             if epoch % config.eval_every == 0 or epoch == config.epochs:
-                record = {"epoch": epoch, "samples_seen": samples_seen,
-                          "train_elbo": evaluation.elbo(model.model, model.guide, train_eval).mean,
-                          "test_elbo": evaluation.elbo(model.model, model.guide, data.test).mean,
+                record = {"epoch": epoch, "samples_seen": samples_seen, **evaluate(model, train_eval, "train"),
+                          **evaluate(model, (data.test, data.test_labels), "test"),
                           "seconds": time.perf_counter() - start}
                 history.append(record)
                 bar.set_postfix(epoch=epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
@@ -301,15 +369,33 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
                 write_json(out / "history.json", history)
     training_seconds = time.perf_counter() - start
 
-    test_ll = evaluation.log_likelihood(model.model, model.guide, data.test, config.eval_particles, progress=progress)
-    metrics = {"train_elbo": history[-1]["train_elbo"], "test_elbo": history[-1]["test_elbo"],
-               "test_log_likelihood": test_ll.mean, "test_log_likelihood_stderr": test_ll.stderr,
+    test_inputs = model.inputs(data.test, data.test_labels)
+    test_ll = evaluation.log_likelihood(model.model, model.guide, test_inputs, config.eval_particles,
+                                        progress=progress)
+    final = {key: value for key, value in history[-1].items() if key.startswith(("train_", "test_"))}
+    metrics = {**final, "test_log_likelihood": test_ll.mean, "test_log_likelihood_stderr": test_ll.stderr,
                "test_log_likelihood_particles": test_ll.num_particles, "samples_seen": samples_seen,
                "seconds": training_seconds, "seconds_per_epoch": training_seconds / config.epochs,
                "config": asdict(config), "environment": environment(device)}
     write_json(out / "metrics.json", metrics)
     draw_pictures(model, data, history, out)
     return Run(model, config, data, history, metrics, out)
+
+
+def _cycle(num_data: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches over ``num_data`` rows without end, reshuffled after every pass."""
+    while True:
+        yield from minibatch_indices(num_data, batch_size, generator)
+
+
+def evaluate(model: VAE, data: tuple, split: str) -> dict:
+    """``{split}_elbo`` per datapoint (one draw each) of images and labels ``data``, and for a model
+    with a classifier ``{split}_accuracy``."""
+    x, y = data
+    figures = {f"{split}_elbo": evaluation.elbo(model.model, model.guide, model.inputs(x, y)).mean}
+    if hasattr(model, "classify") and y is not None:
+        figures[f"{split}_accuracy"] = evaluation.accuracy(model, x, y)
+    return figures
 
 
 def _restore(checkpoint: dict, model: VAE, optimizer: torch.optim.Optimizer, generator: torch.Generator,
@@ -331,13 +417,14 @@ def _restore(checkpoint: dict, model: VAE, optimizer: torch.optim.Optimizer, gen
 
 
 def draw_pictures(model: VAE, data: ImageData, history: list, out: Path) -> None:
-    """The run's pictures: learning curves, reconstructions, samples and, for Nz = 2, the manifold."""
+    """The run's pictures: learning curves, reconstructions, samples, and the model's own pictures
+    (:func:`pyro_vae.plots.plot_model_pictures`: for a 2-D latent space, the manifold)."""
     model.eval()
     plots.plot_learning_curves(history, out / "learning_curve.png", f"{data.name}, Nz = {model.latent_dim}")
-    plots.plot_reconstructions(model, data.test, data.image_shape, out / "reconstructions.png")
+    plots.plot_reconstructions(model, data.test, data.image_shape, out / "reconstructions.png",
+                               labels=data.test_labels)
     plots.plot_samples(model, data.image_shape, out / "samples.png")
-    if model.latent_dim == 2:
-        plots.plot_manifold(model, data.image_shape, out / "manifold.png")
+    plots.plot_model_pictures(model, data.test, data.test_labels, data.image_shape, out)
 
 
 def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None) -> tuple[VAE, TrainConfig, dict]:
@@ -348,6 +435,7 @@ def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None) -> tu
         config.data_dir = data_dir
     config.device = device
     config = config.resolved()
-    model = build_model(config, checkpoint["data_dim"])
+    model = build_model(config, checkpoint["data_dim"], checkpoint.get("image_shape", (28, 28)),
+                        checkpoint.get("num_data"))
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)), config, checkpoint

@@ -15,11 +15,12 @@ what a checkpoint stores. Pyro's inference needs nothing else::
 ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam(...), elbo)`` works as well: the
 networks are registered with Pyro's parameter store when model and guide run.
 
-**Adding a latent variable.** Subclass :class:`VAE` (or write a new :class:`PyroModule` in the
-same shape), add the networks the new variable needs in ``__init__``, and add one
-``pyro.sample`` statement in ``model`` and its counterpart in ``guide``, inside
-:meth:`VAE.data_plate`. Training, evaluation and pictures work unchanged, since they only call
-``model``, ``guide``, :meth:`VAE.reconstruct` and :meth:`VAE.generate`.
+**Adding a latent variable.** Subclass :class:`VAE`, add the networks the new variable needs in
+``__init__``, and add one ``pyro.sample`` statement in ``model`` and its counterpart in
+``guide``, inside :meth:`VAE.data_plate`; :mod:`pyro_vae.models.hierarchical` is the worked
+example and ``docs/adding_a_latent_variable.md`` walks through it. Training, evaluation and
+pictures work unchanged: they only use ``model``, ``guide``, :meth:`VAE.inputs`,
+:meth:`VAE.reconstruct`, :meth:`VAE.generate` and the class attributes below.
 """
 
 from typing import Optional, Sequence
@@ -30,9 +31,12 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from .errors import ConfigError
-from .likelihoods import make_likelihood
-from .networks import GaussianEncoder, init_normal_
+from ..errors import ConfigError
+from ..likelihoods import make_likelihood
+from ..networks import GaussianEncoder, init_normal_
+from ..plots import latent_grid
+
+MANIFOLD_POINTS = 15
 
 
 class VAE(PyroModule):
@@ -41,7 +45,21 @@ class VAE(PyroModule):
     :param encoder: maps ``x`` (shape ``(B, data_dim)``) to ``(loc, scale)`` of q(z|x).
     :param likelihood: maps ``z`` to the distribution p(x|z) with ``event_dim = 1``.
     :param latent_dim: the dimension Nz of z.
+
+    Class attributes tell training which objectives and data the model takes:
+
+    * ``labels``: ``"none"`` (unsupervised: model and guide take ``x``), ``"all"`` (they take
+      ``x`` and its integer class labels ``y``) or ``"some"`` (labels where known: ``x`` alone
+      for unlabelled data, ``x, y`` for labelled data).
+    * ``mean_field_guide``: the guide satisfies the condition of Pyro's
+      :class:`~pyro.infer.TraceMeanField_ELBO` (no latent's parents in the model are its
+      descendants in the guide), which analytic-KL and path-derivative objectives need.
+    * ``reparameterized_guide``: every latent of the guide is reparameterized (no discrete ones).
     """
+
+    labels = "none"
+    mean_field_guide = True
+    reparameterized_guide = True
 
     def __init__(self, encoder: nn.Module, likelihood: nn.Module, latent_dim: int):
         super().__init__()
@@ -79,8 +97,12 @@ class VAE(PyroModule):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
 
+    def inputs(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple:
+        """The arguments of ``model`` and ``guide`` for images ``x`` with labels ``y``."""
+        return (x, y) if self.labels == "all" else (x,)
+
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, *args) -> torch.Tensor:
         """Decoder means at the encoder means: E[x | z = mu(x)]."""
         loc, _ = self.encoder(x)
         return self.likelihood.mean(loc)
@@ -90,12 +112,22 @@ class VAE(PyroModule):
         """Decoder means E[x|z] at ``num_samples`` draws z ~ p(z)."""
         device = next(self.parameters()).device
         z = torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
-        return self.likelihood.mean(z)
+        return self.decode(z)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder means E[x|z] at given codes (the data manifold of the paper's Figure 4)."""
         return self.likelihood.mean(z)
+
+    @torch.no_grad()
+    def pictures(self, x: torch.Tensor, y: Optional[torch.Tensor], generator: torch.Generator) -> dict:
+        """The pictures that suit this model, beyond reconstructions and samples, drawn from test
+        images ``x`` (labels ``y``): ``{name: (images, images_per_row, title)}``. For a 2-D latent
+        space, the learned manifold (decoder means on a 15 x 15 grid of Gaussian quantiles)."""
+        if self.latent_dim != 2:
+            return {}
+        grid = latent_grid(MANIFOLD_POINTS, x.device)
+        return {"manifold": (self.decode(grid), MANIFOLD_POINTS, "learned manifold: E[x|z] on Gaussian quantiles of z")}
 
 
 def build_vae(data_dim: int, latent_dim: int, hidden_dims: Sequence[int], likelihood: str = "bernoulli",
