@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="K of the final importance-sampled log-likelihood (default: %(default)s)")
     train.add_argument("--clip-grad-norm", type=_positive_float,
                        help="clip the gradient's total norm to this value (default: no clipping)")
+    train.add_argument("--train-size", type=_positive_int,
+                       help="train on a random subset of this many training images (default: all)")
     train.add_argument("--labels-per-class", type=_positive_int, default=defaults.labels_per_class,
                        help="m2: labelled training images per class; the rest are unlabelled (default: %(default)s)")
     train.add_argument("--aux-weight", type=_non_negative_float,
@@ -149,6 +151,8 @@ def _train(args: argparse.Namespace) -> None:
                               "(only --epochs and --data-dir may be given)")
         run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet)
     metrics = run.metrics
+    if not metrics:  # a process other than rank 0 of a distributed run
+        return
     accuracy = f"test accuracy {metrics['test_accuracy']:.4f}, " if "test_accuracy" in metrics else ""
     print(f"{accuracy}train ELBO {metrics['train_elbo']:.2f}, test ELBO {metrics['test_elbo']:.2f}, "
           f"test log p(x) {metrics['test_log_likelihood']:.2f} ± {metrics['test_log_likelihood_stderr']:.2f} "

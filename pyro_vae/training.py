@@ -31,7 +31,7 @@ per datapoint.
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -39,7 +39,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import evaluation, plots
+from . import distributed, evaluation, plots
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .datasets import (BINARIZATIONS, DATASETS, ImageData, binarize_once, labelled_subset, load_dataset, minibatch_indices,
                        prepare_binarization)
@@ -54,6 +54,7 @@ from .step import ObjectiveLoss, TrainingStep
 TRAIN_EVAL_SIZE = 10_000
 TRAIN_EVAL_SEED = 0
 LABELLED_SEED = 0
+TRAIN_SUBSET_SEED = 0
 OPTIMIZERS = ("adam", "adagrad")
 NUM_CLASSES = 10  # MNIST's digits: the classes of the labelled models
 
@@ -84,6 +85,7 @@ class TrainConfig:
     dataset: str = "frey-face"
     data_dir: Optional[str] = None
     model: str = "vae"
+    train_size: Optional[int] = None
     latent_dim: Optional[int] = None
     hidden_dims: Optional[list] = None
     activation: Optional[str] = None
@@ -136,8 +138,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles", "particles", "seed",
-                     "labels_per_class"):
+                     "labels_per_class", "train_size"):
             value, least = getattr(self, name), 0 if name in ("particles", "seed") else 1
+            if name == "train_size" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 kind = "a positive integer" if least else "an integer, zero or more"
                 raise ConfigError(f"{name.replace('_', '-')} must be {kind}, got {value!r}")
@@ -203,8 +207,16 @@ def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, 
     Returns the data, whether training batches are binarized dynamically, and the fixed subset
     of training images (and their labels, or ``None``) on which the train ELBO is estimated.
     """
-    data = load_dataset(config.dataset, config.data_dir).to(device)
-    data, dynamic = prepare_binarization(data, config.binarize)
+    data = load_dataset(config.dataset, config.data_dir)
+    if config.train_size is not None:
+        if config.train_size > len(data.train):
+            raise ConfigError(f"train-size {config.train_size} exceeds the {len(data.train)} training images of "
+                              f"{config.dataset}: pass --train-size {len(data.train)} or less")
+        subset = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(TRAIN_SUBSET_SEED))
+        subset = subset[:config.train_size].sort().values
+        labels = None if data.train_labels is None else data.train_labels[subset]
+        data = replace(data, train=data.train[subset], train_labels=labels)
+    data, dynamic = prepare_binarization(data.to(device), config.binarize)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
     subset = order[:TRAIN_EVAL_SIZE].to(device)
     train_eval_x = data.train[subset]
@@ -294,7 +306,15 @@ def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None
 
 def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run:
     out = Path(config.out)
-    device = resolve_device(config.device)
+    processes, device = distributed.start(resolve_device(config.device), config.batch_size)
+    try:
+        return _train_processes(config, checkpoint, progress, processes, device, out)
+    finally:
+        distributed.stop(processes)
+
+
+def _train_processes(config: TrainConfig, checkpoint: Optional[dict], progress: bool,
+                     processes: distributed.Processes, device: torch.device, out: Path) -> Run:
     pyro.set_rng_seed(config.seed)
     data, dynamic, train_eval = prepare_data(config, device)
     model = build_model(config, data.data_dim, data.image_shape, len(data.train)).to(device)
@@ -302,7 +322,7 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
     parts = training_parts(config, model, data)
     objective = make_objective(config.objective, config.particles)
     optimizer = make_optimizer(config, model.parameters())
-    step_fn = TrainingStep(ObjectiveLoss(model, objective), optimizer, config.clip_grad_norm)
+    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective), device), optimizer, config.clip_grad_norm)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.
@@ -315,8 +335,10 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
         first_epoch, samples_seen, history = checkpoint["epoch"] + 1, checkpoint["samples_seen"], checkpoint["history"]
         seconds_before = history[-1]["seconds"] if history else 0.0
         _restore(checkpoint, model, optimizer, generator, device)
-    else:
+    elif processes.main:
         write_json(out / "config.json", {"config": asdict(config), "environment": environment(device)})
+    if processes.rank > 0:  # its own draws of z; the data generator stays shared
+        pyro.set_rng_seed(config.seed + 7919 * processes.rank + first_epoch)
     start = time.perf_counter() - seconds_before
 
     def state(epoch: int) -> dict:
@@ -328,17 +350,18 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}}
 
     def batch(part: tuple, index: torch.Tensor) -> tuple[tuple, int]:
-        """A minibatch of a data part as (model arguments, part size)."""
+        """This process's share of a minibatch of a data part, as (model arguments, part size)."""
         x, y = part
         x_batch = torch.bernoulli(x[index], generator=generator) if dynamic else x[index]
-        return (x_batch,) if y is None else (x_batch, y[index]), len(x)
+        mine = processes.shard(torch.arange(len(index), device=device))
+        return (x_batch[mine],) if y is None else (x_batch[mine], y[index][mine]), len(x)
 
     # A private parameter store: the networks register in it under their own names (Pyro's JIT
     # objectives read parameters from it) without touching the caller's global store.
     with pyro.get_param_store().scope(), tqdm(total=config.epochs * steps_per_epoch,
                                               initial=(first_epoch - 1) * steps_per_epoch,
                                               desc=f"{config.dataset} {config.model} {config.objective}",
-                                              unit="step", disable=not progress) as bar:
+                                              unit="step", disable=not (progress and processes.main)) as bar:
         for epoch in range(first_epoch, config.epochs + 1):
             total_loss = torch.zeros((), device=device)
             first_bad_step = torch.zeros((), dtype=torch.long, device=device)
@@ -348,18 +371,18 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
                 batches = [batch(parts[0], index)] + [batch(part, next(indices)) for part, indices in zip(parts[1:], others)]
                 loss, finite = step_fn(batches)
                 total_loss += loss
-                samples_seen += sum(len(args[0]) for args, _ in batches)
+                samples_seen += len(index) + sum(min(config.batch_size, len(part[0])) for part in parts[1:])
                 # Recorded on the device, read at the next sync: no host sync per step.
                 first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
                 bar.update()
                 if step % 50 == 0 or step == steps_per_epoch:
-                    bad_step = first_bad_step.item()
+                    bad_step = processes.max(first_bad_step)
                     if bad_step:
                         raise TrainingError(
                             f"the loss or its gradient became non-finite in epoch {epoch} at step {bad_step}: "
                             f"lower --lr or set --clip-grad-norm; the last good checkpoint is kept in {out}")
                     bar.set_postfix(epoch=epoch, objective=f"{-total_loss.item() / step / num_data:.2f}")
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
+            if processes.main and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 record = {"epoch": epoch, "samples_seen": samples_seen, **evaluate(model, train_eval, "train"),
                           **evaluate(model, (data.test, data.test_labels), "test"),
                           "seconds": time.perf_counter() - start}
@@ -368,6 +391,8 @@ def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run
                 save_checkpoint(out / "checkpoint.pt", state(epoch))
                 write_json(out / "history.json", history)
     training_seconds = time.perf_counter() - start
+    if not processes.main:
+        return Run(model, config, data, history, {}, out)
 
     test_inputs = model.inputs(data.test, data.test_labels)
     test_ll = evaluation.log_likelihood(model.model, model.guide, test_inputs, config.eval_particles,

@@ -1,0 +1,103 @@
+"""Extra latent structure on MNIST: one against two stochastic layers, and M2 with 100 labels.
+
+Runs, with :func:`pyro_vae.train` and the settings below (each one ``pyro-vae train`` command,
+printed as it starts), and collects their ``metrics.json``:
+
+* ``one-layer``: the VAE with Burda et al.'s one-layer network (784-200-200-50, tanh);
+* ``two-layer``: their two-layer network (784-200-200-100-100-100-50,
+  ``--model hierarchical``), same objective (``trace``), optimiser, batch size and epochs;
+* ``m2``: Kingma et al.'s M2 with 10 labels per class (``--model m2``, ``enum``), reporting the
+  test accuracy of its classifier q(y|x).
+
+Both layered models are scored by the importance-sampled test log-likelihood with K particles
+per test image on all 10,000 test images. Results go to ``benchmarks/results/latent_structure.json``
+and ``.md``; run directories under ``--runs`` (reused when ``--reuse`` is given and complete).
+
+    python benchmarks/latent_structure.py --data-dir ../shared/data --epochs 50 --m2-epochs 30
+"""
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from pyro_vae import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def configurations(args) -> dict:
+    common = dict(dataset="mnist", data_dir=args.data_dir, device=args.device, seed=args.seed,
+                  eval_every=args.eval_every, eval_particles=args.particles)
+    layered = dict(common, objective="trace", epochs=args.epochs)
+    return {
+        "one-layer": TrainConfig(model="vae", latent_dim=50, hidden_dims=[200, 200], **layered),
+        "two-layer": TrainConfig(model="hierarchical", latent_dim=100, hidden_dims=[200, 200], **layered),
+        "m2": TrainConfig(model="m2", labels_per_class=10, epochs=args.m2_epochs, **common),
+    }
+
+
+def command(config: TrainConfig) -> str:
+    """The ``pyro-vae train`` command line of a configuration."""
+    words = ["pyro-vae", "train"]
+    for key, value in vars(config).items():
+        if value is None or key in ("data_dir", "out") or value == getattr(TrainConfig(), key):
+            continue
+        values = value if isinstance(value, list) else [value]
+        flag = "--hidden-dim" if key == "hidden_dims" else "--" + key.replace("_", "-")
+        words += [flag, *map(str, values)]
+    return " ".join(shlex.quote(word) for word in words + ["--data-dir", "DATA", "--out", config.out])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PYRO_VAE_DATA)")
+    parser.add_argument("--epochs", type=int, default=50, help="epochs of the one- and two-layer models")
+    parser.add_argument("--m2-epochs", type=int, default=30, help="epochs of M2")
+    parser.add_argument("--particles", type=int, default=1000, help="K of the test log-likelihood")
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", nargs="+", choices=("one-layer", "two-layer", "m2"), help="run only these")
+    parser.add_argument("--runs", default="runs/latent_structure", help="folder of the run directories")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished run directories")
+    parser.add_argument("--out", default=str(RESULTS / "latent_structure.json"))
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for name, config in configurations(args).items():
+        if args.only and name not in args.only:
+            continue
+        config.out = str(Path(args.runs) / name)
+        metrics_file = Path(config.out) / "metrics.json"
+        print(command(config), flush=True)
+        if args.reuse and metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+        else:
+            metrics = train(config).metrics
+        results[name] = {"command": command(config), **{key: metrics[key] for key in (
+            "test_log_likelihood", "test_log_likelihood_stderr", "test_log_likelihood_particles", "test_elbo",
+            "train_elbo", "seconds", "samples_seen") if key in metrics}}
+        if "test_accuracy" in metrics:
+            results[name]["test_accuracy"] = metrics["test_accuracy"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    write_table(results, out.with_suffix(".md"))
+    print(out.with_suffix(".md").read_text())
+
+
+def write_table(results: dict, path: Path) -> None:
+    lines = ["| run | test log p(x) (nats, ± s.e.) | K | test ELBO | train ELBO | test accuracy | minutes |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        accuracy = f"{100 * r['test_accuracy']:.2f}%" if "test_accuracy" in r else ""
+        lines.append(f"| {name} | {r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_stderr']:.2f} | "
+                     f"{r['test_log_likelihood_particles']} | {r['test_elbo']:.2f} | {r['train_elbo']:.2f} | "
+                     f"{accuracy} | {r['seconds'] / 60:.1f} |")
+    lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in results.values()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Data-parallel training with torch.distributed: two CPU processes on the gloo backend."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pyro_vae import TrainConfig, train
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def run(command, **env):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+
+
+def test_gradients_are_averaged_across_processes():
+    result = run(TORCHRUN + [str(Path(__file__).parent / "distributed" / "gradient_check.py")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "largest difference" in result.stdout
+
+
+def test_two_processes_train_like_one(data_dir, tmp_path):
+    """The distributed run's test ELBO lies within the spread of single-process runs of the same
+    configuration with different seeds: the same distribution of results."""
+    options = dict(dataset="mnist", train_size=2000, epochs=4, latent_dim=5, hidden_dims=[64], batch_size=100,
+                   eval_particles=10, device="cpu")
+    result = run(TORCHRUN + ["-m", "pyro_vae", "train", "--dataset", "mnist", "--data-dir", str(data_dir), "--train-size", "2000",
+                             "--epochs", "4", "--latent-dim", "5", "--hidden-dim", "64", "--eval-particles", "10",
+                             "--device", "cpu", "--out", str(tmp_path / "ddp"), "--quiet"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("test ELBO") == 1  # only rank 0 reports
+    distributed = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert distributed["samples_seen"] == 4 * 2000
+    single = [train(TrainConfig(data_dir=str(data_dir), seed=seed, out=str(tmp_path / f"single{seed}"), **options),
+                    progress=False).metrics["test_elbo"] for seed in range(3)]
+    spread = max(single) - min(single)
+    assert min(single) - max(spread, 1.0) <= distributed["test_elbo"] <= max(single) + max(spread, 1.0), (
+        distributed["test_elbo"], single)
+
+
+@pytest.mark.parametrize("batch_size", [1])
+def test_a_batch_smaller_than_the_processes_is_refused(data_dir, tmp_path, batch_size):
+    result = run(TORCHRUN + ["-m", "pyro_vae", "train", "--data-dir", str(data_dir), "--dataset", "mnist",
+                             "--batch-size", str(batch_size), "--device", "cpu", "--out", str(tmp_path), "--quiet"])
+    assert result.returncode != 0
+    assert "batch-size 1 is smaller than the 2 processes" in result.stderr

@@ -1,0 +1,176 @@
+"""Models with extra latent structure: the two-layer VAE, M2 and the conditional VAE."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae import ConfigError, TrainConfig, train
+from pyro_vae.datasets import labelled_subset
+from pyro_vae.importance import log_importance_weights
+from pyro_vae.models import MODELS, build_model
+from pyro_vae.objectives import DISCRETE_LATENTS, MEAN_FIELD_ONLY, OBJECTIVES, check_objective, make_objective
+
+
+def small(name, **options):
+    torch.manual_seed(0)
+    return build_model(name, 12, 4, [8, 8], "bernoulli", "tanh", None, num_classes=3, image_shape=(3, 4), **options)
+
+
+def binary(rows=6, seed=0):
+    return torch.bernoulli(torch.rand(rows, 12, generator=torch.Generator().manual_seed(seed)))
+
+
+def arguments(model, x):
+    return model.inputs(x, torch.arange(len(x)) % 3)
+
+
+def applicable(model):
+    return [name for name in OBJECTIVES
+            if not (name in MEAN_FIELD_ONLY and not model.mean_field_guide)
+            and not (name not in DISCRETE_LATENTS and not model.reparameterized_guide)]
+
+
+@pytest.mark.parametrize("name, options", [("hierarchical", {}), ("m2", {"aux_weight": 2.0}),
+                                           ("cvae", {"condition": "label"}), ("cvae", {"condition": "top-half"})])
+def test_every_applicable_objective_trains_every_parameter(name, options):
+    model = small(name, **options)
+    x = binary()
+    batches = [arguments(model, x)] + ([(x, torch.arange(len(x)) % 3)] if model.labels == "some" else [])
+    for objective_name in applicable(model):
+        model.zero_grad()
+        objective = make_objective(objective_name)
+        with pyro.get_param_store().scope():
+            loss = sum(objective.differentiable_loss(model.model, model.guide, *args, num_data=60) for args in batches)
+            loss.backward()
+        assert math.isfinite(loss.item()), objective_name
+        silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        if objective_name in ("wake-sleep", "rws"):  # the classifier of M2 is trained by neither phase's terms alone
+            silent = [n for n in silent if not n.startswith("classifier")]
+        assert not silent, (objective_name, silent)
+
+
+def test_objectives_whose_assumptions_a_guide_breaks_are_refused():
+    for objective_name in MEAN_FIELD_ONLY:
+        with pytest.raises(ConfigError, match="mean-field"):
+            check_objective(objective_name, small("hierarchical"))
+    for objective_name in ("iwae", "wake-sleep", "jit-trace"):
+        with pytest.raises(ConfigError, match="discrete"):
+            check_objective(objective_name, small("m2"))
+    assert applicable(small("m2")) == ["trace", "tracegraph", "enum"]
+    assert "meanfield" in applicable(small("cvae"))
+
+
+def test_hierarchical_sites_and_the_halved_upper_network():
+    model = build_model("hierarchical", 784, 100, [200, 200])
+    assert (model.lower_dim, model.latent_dim) == (100, 50)
+    assert [m.out_features for m in model.upper_encoder.net if hasattr(m, "out_features")] == [100, 100, 100]
+    x = binary(5).repeat(1, 66)[:, :784]
+    guide = poutine.trace(model.guide).get_trace(x)
+    trace = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(x)
+    assert [n for n in trace.stochastic_nodes if n != "data"] == ["h2", "h1"] and trace.nodes["x"]["is_observed"]
+    assert trace.nodes["h1"]["value"].shape == (5, 100) and trace.nodes["h2"]["value"].shape == (5, 50)
+    assert model.generate(3).shape == (3, 784)
+
+
+def test_m2_enumerated_bound_is_the_label_weighted_sum_of_labelled_bounds():
+    """Kingma et al.'s eq. 7: U(x) = sum_y q(y|x) L(x, y) + H(q(y|x)), checked against per-class
+    labelled bounds from another estimator (Trace_ELBO with many particles)."""
+    model = small("m2")  # no auxiliary term: the bounds alone
+    x = binary(1)
+    particles = 20000
+    enum = make_objective("enum", particles)
+    trace = make_objective("trace", particles)
+    unlabelled = -enum.differentiable_loss(model.model, model.guide, x).item()
+    labelled = torch.tensor([-trace.differentiable_loss(model.model, model.guide, x, torch.tensor([c])).item()
+                             for c in range(3)])
+    q = torch.softmax(model.classifier(x)[0], -1).detach()
+    expected = (q * labelled).sum() - (q * q.log()).sum()
+    assert unlabelled == pytest.approx(expected.item(), abs=0.05)
+
+
+def test_m2_auxiliary_term_is_the_weighted_classification_loss():
+    x, y = binary(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    losses = {}
+    for weight in (0.0, 3.0):
+        model = small("m2", aux_weight=weight)
+        pyro.set_rng_seed(0)
+        losses[weight] = make_objective("trace").differentiable_loss(model.model, model.guide, x, y, num_data=30)
+    cross_entropy = torch.nn.functional.cross_entropy(model.classifier(x), y, reduction="sum")
+    assert (losses[3.0] - losses[0.0]).item() == pytest.approx(3.0 * 30 / 6 * cross_entropy.item(), rel=1e-5)
+
+
+def test_m2_classifier_styles_and_pictures():
+    model = small("m2")
+    x = binary(4)
+    assert model.classify(x).shape == (4,) and model.classify(x).dtype == torch.long
+    assert model.styles(x).shape == (4, 4)
+    images, per_row, _ = model.pictures(x, None, torch.Generator().manual_seed(0))["styles"]
+    assert per_row == 4 and images.shape == (4 * 4, 12)
+    assert torch.equal(images[::4], x)  # each row starts with its test image
+
+
+def test_importance_weights_of_m2_sample_the_class():
+    model = small("m2")
+    log_w, _ = log_importance_weights(model.model, model.guide, 50, binary(3))
+    assert log_w.shape == (50, 3) and torch.isfinite(log_w).all()
+
+
+def test_cvae_completions_read_only_the_top_half():
+    model = small("cvae", condition="top-half")
+    x = binary(3)
+    changed = x.clone()
+    changed[:, 6:] = 1 - changed[:, 6:]  # rows 2 and 3 of each 3x4 image: the bottom half
+    first = model.complete(x, 5, torch.Generator().manual_seed(1))
+    second = model.complete(changed, 5, torch.Generator().manual_seed(1))
+    assert first.shape == (5, 3, 12) and torch.equal(first, second)
+    assert not torch.equal(model.context(x), model.context(1 - x))
+
+
+def test_cvae_with_labels_needs_them_and_draws_every_class():
+    model = small("cvae", condition="label")
+    with pytest.raises(ConfigError, match="labels"):
+        model.model(binary(2))
+    images, per_row, _ = model.pictures(binary(2), None, torch.Generator().manual_seed(0))["class_samples"]
+    assert per_row == 3 and images.shape == (30, 12)
+    z = torch.zeros(2, 4)
+    assert not torch.allclose(model.decode(z, torch.tensor([0, 0])), model.decode(z, torch.tensor([1, 2])))
+
+
+def test_labelled_subset_is_balanced_and_reproducible():
+    labels = torch.arange(100) % 4
+    chosen = labelled_subset(labels, 5, seed=3)
+    assert torch.equal(chosen, labelled_subset(labels, 5, seed=3))
+    assert torch.bincount(labels[chosen]).tolist() == [5, 5, 5, 5]
+    with pytest.raises(ConfigError, match="labels-per-class"):
+        labelled_subset(labels, 26)
+
+
+@pytest.mark.parametrize("name, extra, picture", [
+    ("hierarchical", {"latent_dim": 4, "hidden_dims": [16, 16]}, "manifold.png"),
+    ("m2", {"latent_dim": 4, "hidden_dims": [32], "labels_per_class": 3}, "styles.png"),
+    ("cvae", {"latent_dim": 2, "hidden_dims": [32]}, "class_samples.png"),
+    ("cvae", {"latent_dim": 2, "hidden_dims": [32], "condition": "top-half"}, "completions.png")])
+def test_every_model_trains_from_the_same_loop(data_dir, tmp_path, name, extra, picture):
+    config = TrainConfig(dataset="mnist", data_dir=str(data_dir), model=name, train_size=600, epochs=2,
+                         eval_particles=3, out=str(tmp_path / name), **extra)
+    run = train(config, progress=False)
+    assert run.history[-1]["test_elbo"] > run.history[0]["test_elbo"] - 5
+    assert math.isfinite(run.metrics["test_log_likelihood"])
+    pictures = {path.name for path in (tmp_path / name).glob("*.png")}
+    assert {"learning_curve.png", "samples.png", "reconstructions.png", picture} <= pictures
+    if name == "m2":
+        assert 0.0 <= run.metrics["test_accuracy"] <= 1.0
+        assert run.history[-1]["samples_seen"] == 2 * (570 + 6 * 30)  # 6 steps of 100 unlabelled, 30 labelled
+
+
+def test_models_needing_labels_refuse_a_data_set_without_them(tmp_path):
+    for name in ("m2", "cvae"):
+        with pytest.raises(ConfigError, match="labels"):
+            train(TrainConfig(dataset="frey-face", model=name, epochs=1, out=str(tmp_path)), progress=False)
+
+
+def test_every_model_is_registered():
+    assert set(MODELS) == {"vae", "hierarchical", "m2", "cvae"}
