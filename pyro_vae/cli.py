@@ -17,6 +17,7 @@ from .likelihoods import LIKELIHOODS
 from .models import CONDITIONS, MODELS
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
+from .step import COMPILE_MODES
 from .training import OPTIMIZERS, TrainConfig
 
 EXIT_USAGE = 2
@@ -105,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="K of the final importance-sampled log-likelihood (default: %(default)s)")
     train.add_argument("--clip-grad-norm", type=_positive_float,
                        help="clip the gradient's total norm to this value (default: no clipping)")
+    train.add_argument("--compile", choices=COMPILE_MODES, default=defaults.compile,
+                       help="trace: record model, guide, objective and backward pass once per batch shape and replay "
+                            "them (same draws as eager, no Pyro overhead); inductor: also compile them with "
+                            "TorchInductor (fastest, compiles for seconds first); see docs/speed.md "
+                            "(default: %(default)s)")
     train.add_argument("--train-size", type=_positive_int,
                        help="train on a random subset of this many training images (default: all)")
     train.add_argument("--labels-per-class", type=_positive_int, default=defaults.labels_per_class,

@@ -7,6 +7,13 @@ gradient of the minibatch ELBO from a Pyro objective, and an Adam or Adagrad ste
 the history and saves a checkpoint; at the end it estimates the test log-likelihood by
 importance sampling and draws the run's pictures.
 
+The loop is the same for every model of :mod:`pyro_vae.models`. The model's ``labels``
+attribute decides what it is fed (:func:`training_parts`): images only, images with their
+labels, or for a semi-supervised model two parts, unlabelled images and a class-balanced
+labelled subset; each step draws a minibatch from every part and sums their losses, each scaled
+to its part's size. Under ``torchrun`` the steps are shared among processes
+(:mod:`pyro_vae.distributed`).
+
 A run directory holds:
 
 ``checkpoint.pt``
@@ -49,7 +56,7 @@ from .models import CONDITIONS, MODELS, VAE
 from .models import build_model as build_named_model
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES, check_objective, make_objective
-from .step import ObjectiveLoss, TrainingStep
+from .step import COMPILE_MODES, ObjectiveLoss, TrainingStep, make_optimizer
 
 TRAIN_EVAL_SIZE = 10_000
 TRAIN_EVAL_SEED = 0
@@ -104,6 +111,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_particles: int = 1000
     clip_grad_norm: Optional[float] = None
+    compile: str = "none"
     labels_per_class: int = 10
     aux_weight: Optional[float] = None
     condition: str = "label"
@@ -132,7 +140,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`ConfigError` on an impossible configuration."""
-        choices = {"model": MODELS, "condition": CONDITIONS, "objective": OBJECTIVES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
+        choices = {"model": MODELS, "condition": CONDITIONS, "compile": COMPILE_MODES, "objective": OBJECTIVES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
                    "binarize": BINARIZATIONS, "activation": ACTIVATIONS, "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -191,14 +199,6 @@ def build_model(config: TrainConfig, data_dim: int, image_shape=(28, 28), num_da
     return build_named_model(config.model, data_dim, config.latent_dim, config.hidden_dims, config.likelihood,
                              config.activation, config.init_std, num_classes=NUM_CLASSES, aux_weight=aux_weight,
                              condition=config.condition, image_shape=image_shape)
-
-
-def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
-    """Adam or Adagrad. The loss estimates the full-data negative ELBO (a sum over the training
-    set), so ``weight_decay = 1`` adds exactly the gradient of the paper's N(0, I) prior on the
-    parameters, ``-theta``."""
-    optimizer = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[config.optimizer]
-    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, tuple]:
@@ -321,8 +321,9 @@ def _train_processes(config: TrainConfig, checkpoint: Optional[dict], progress: 
     check_objective(config.objective, model)
     parts = training_parts(config, model, data)
     objective = make_objective(config.objective, config.particles)
-    optimizer = make_optimizer(config, model.parameters())
-    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective), device), optimizer, config.clip_grad_norm)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective), device), optimizer, config.clip_grad_norm,
+                           compile=config.compile)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.

@@ -1,0 +1,541 @@
+"""Training speed: the project's Pyro training step against hand-written PyTorch and NumPyro.
+
+One process, alternating repeats: every implementation is timed once per repeat, in turn, so
+that a change in the machine's load touches all of them alike; the figure is the median over
+repeats. The network and loss are the AEVB MNIST ones throughout: 784-500-20 with tanh units,
+a Bernoulli decoder, a N(0, I) prior, the minibatch loss scaled to the full-data loss
+(``num_data / batch_size``), Adam with step size 1e-3, MNIST in memory on the device,
+dynamically binarized batches drawn by indexing.
+
+Implementations (``impl`` in the JSON):
+
+``pyro``        the project's :class:`pyro_vae.step.TrainingStep` with the objective named, in one of
+                the variants ``eager-foreach`` (the step before issue 6: eager Pyro, ``foreach``
+                Adam), ``eager`` (eager Pyro, fused Adam: the default), ``trace`` and ``inductor``
+                (``compile="trace"`` / ``"inductor"``, fused Adam);
+``torch``       a hand-written PyTorch step of the same network and estimator: ``eager`` (default
+                Adam, the reference of the issue), ``fused`` (``Adam(fused=True)``) and
+                ``compile`` (``torch.compile`` of the loss, fused Adam);
+``numpyro``     NumPyro's SVI with ``TraceMeanField_ELBO`` / ``Trace_ELBO`` and the same network in
+                plain JAX, a whole epoch jitted (``lax.fori_loop`` over its steps), if installed
+                (``pip install -e .[bench]``).
+
+Ratios: ``vs_torch_eager`` (the issue's 0.7x target), ``vs_torch_best`` (the fastest hand-written
+variant of the same estimator) and ``vs_numpyro`` (the same estimator's jitted NumPyro epoch);
+below 1 is faster.
+
+Also timed (unless ``--skip-eval``): the importance-sampled evaluation
+:func:`pyro_vae.evaluation.log_likelihood` with K = 5000 over the test images (``--eval-images``
+of them, extrapolated to 10,000 and marked so in the JSON), for each ``--eval-chunk-sizes``.
+
+Usage::
+
+    python benchmarks/speed.py --data-dir ../shared/data --out benchmarks/results/speed_cpu.json
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NUM_TRAIN = 60_000
+NUM_TEST = 10_000
+HIDDEN, LATENT, DATA_DIM = 500, 20, 784
+LR = 1e-3
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("PYRO_VAE_DATA"),
+                        help="folder with MNIST in torchvision layout (default: $PYRO_VAE_DATA)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per configuration")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps per repeat (default: 200 at batch 100 or less, 30 above)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before the first repeat")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--objectives", nargs="+", default=["meanfield", "trace", "iwae"],
+                        help="meanfield, trace, iwae (K=5); others run on the pyro side only")
+    parser.add_argument("--pyro-variants", nargs="+", default=["eager-foreach", "eager", "trace", "inductor"])
+    parser.add_argument("--torch-variants", nargs="+", default=["eager", "fused", "compile"])
+    parser.add_argument("--skip-numpyro", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and XLA (0: their default)")
+    parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--eval-images", type=int, default=NUM_TEST,
+                        help="test images to evaluate; the time is extrapolated to 10,000")
+    parser.add_argument("--eval-particles", type=int, default=5000)
+    parser.add_argument("--eval-chunk-sizes", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--profile", action="store_true",
+                        help="add a torch.profiler summary of each pyro variant at the first batch size")
+    parser.add_argument("--out", default=None, help="JSON file; a .md summary is written beside it")
+    return parser.parse_args(argv)
+
+
+def synchronize(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of what runs inside: RSS on the CPU (VmHWM, reset by /proc/self/clear_refs),
+    ``torch.cuda.max_memory_allocated`` on CUDA."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def reset(self) -> None:
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+
+    def read_mb(self) -> float:
+        import torch
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    @property
+    def kind(self) -> str:
+        return "torch.cuda.max_memory_allocated" if self.device.type == "cuda" else "peak RSS of the process (VmHWM)"
+
+
+def machine_info(device) -> dict:
+    import torch
+    info = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": str(device)}
+    try:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                 if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        info["load_average_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    import pyro
+    info["pyro"] = pyro.__version__
+    try:
+        import jax
+        import numpyro
+        info["jax"], info["numpyro"] = jax.__version__, numpyro.__version__
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except ImportError:
+        info["numpyro"] = None
+    return info
+
+
+# ------------------------------------------------------------------------- torch implementations
+
+
+class Batches:
+    """Dynamically binarized minibatches of the training images, indexed on the device."""
+
+    def __init__(self, train, batch_size: int, seed: int = 0):
+        import torch
+        self.train, self.batch_size = train, batch_size
+        self.generator = torch.Generator(device=train.device).manual_seed(seed)
+        self.order, self.position = None, len(train)
+
+    def __call__(self):
+        import torch
+        if self.position + self.batch_size > len(self.train):
+            self.order = torch.randperm(len(self.train), generator=self.generator, device=self.train.device)
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return torch.bernoulli(self.train[index], generator=self.generator)
+
+
+def pyro_step(objective: str, variant: str, device) -> Callable:
+    """The project's training step for ``objective`` in ``variant``; returns ``step(batch)``."""
+    import torch
+    from pyro_vae.models import build_vae
+    from pyro_vae.objectives import make_objective
+    from pyro_vae.step import ObjectiveLoss, TrainingStep, make_optimizer
+
+    model = build_vae(DATA_DIM, LATENT, [HIDDEN], "bernoulli", "tanh").to(device)
+    optimizer = make_optimizer("adam", model.parameters(), LR, fused=False if variant == "eager-foreach" else None)
+    compile_mode = variant if variant in ("trace", "inductor") else "none"
+    step = TrainingStep(ObjectiveLoss(model, make_objective(objective)), optimizer, compile=compile_mode)
+    return lambda batch: step([((batch,), NUM_TRAIN)])[0]
+
+
+def hand_written_step(objective: str, variant: str, device, particles: int = 5) -> Callable:
+    """A hand-written PyTorch step of the same network and estimator; returns ``step(batch)``."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class HandVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc_hidden, self.enc_out = nn.Linear(DATA_DIM, HIDDEN), nn.Linear(HIDDEN, 2 * LATENT)
+            self.dec_hidden, self.dec_out = nn.Linear(LATENT, HIDDEN), nn.Linear(HIDDEN, DATA_DIM)
+
+        def forward(self, x):
+            loc, raw = self.enc_out(torch.tanh(self.enc_hidden(x))).split(LATENT, -1)
+            scale = F.softplus(raw) + 1e-4
+            k = particles if objective == "iwae" else 1
+            eps = torch.randn((k,) + loc.shape, device=x.device, dtype=x.dtype)
+            z = loc + scale * eps                                            # (k, B, Nz)
+            logits = self.dec_out(torch.tanh(self.dec_hidden(z)))
+            log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+            if objective == "meanfield":                                     # analytic KL
+                kl = (0.5 * (loc ** 2 + scale ** 2 - 1) - scale.log()).sum(-1)
+                elbo = log_lik[0] - kl
+            else:                                                            # log p(z) - log q(z|x), MC
+                log_prior = (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+                log_q = (-0.5 * eps ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+                log_w = log_lik + log_prior - log_q
+                elbo = log_w[0] if objective == "trace" else torch.logsumexp(log_w, 0) - math.log(k)
+            return -elbo.sum() * (NUM_TRAIN / x.shape[0])
+
+    model = HandVAE().to(device)
+    if variant == "eager":
+        optimizer = torch.optim.Adam(model.parameters(), LR)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), LR, fused=True)
+    loss_fn = torch.compile(model) if variant == "compile" else model
+
+    def step(batch):
+        loss = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+# --------------------------------------------------------------------------------------- NumPyro
+
+
+def numpyro_epoch(objective: str, train_numpy, batch_size: int, steps: int) -> Optional[Callable]:
+    """A jitted NumPyro epoch of ``steps`` SVI steps; returns ``run()`` that blocks until done."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as ndist
+    from jax import lax
+    from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+
+    elbo = {"meanfield": TraceMeanField_ELBO, "trace": Trace_ELBO}.get(objective)
+    if elbo is None:
+        return None
+
+    def linear_init(key, n_in, n_out):  # PyTorch's default nn.Linear initialisation
+        bound = 1 / math.sqrt(n_in)
+        kw, kb = jax.random.split(key)
+        return (jax.random.uniform(kw, (n_in, n_out), minval=-bound, maxval=bound),
+                jax.random.uniform(kb, (n_out,), minval=-bound, maxval=bound))
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    init = {"enc_hidden": linear_init(keys[0], DATA_DIM, HIDDEN), "enc_out": linear_init(keys[1], HIDDEN, 2 * LATENT),
+            "dec_hidden": linear_init(keys[2], LATENT, HIDDEN), "dec_out": linear_init(keys[3], HIDDEN, DATA_DIM)}
+
+    def layer(name):
+        w, b = init[name]
+        return numpyro.param(name + "_w", w), numpyro.param(name + "_b", b)
+
+    def model(x):
+        (w1, b1), (w2, b2) = layer("dec_hidden"), layer("dec_out")
+        with numpyro.plate("data", NUM_TRAIN, subsample_size=x.shape[0]):
+            z = numpyro.sample("z", ndist.Normal(jnp.zeros(LATENT), 1.0).to_event(1))
+            logits = jnp.tanh(z @ w1 + b1) @ w2 + b2
+            numpyro.sample("x", ndist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        (w1, b1), (w2, b2) = layer("enc_hidden"), layer("enc_out")
+        with numpyro.plate("data", NUM_TRAIN, subsample_size=x.shape[0]):
+            out = jnp.tanh(x @ w1 + b1) @ w2 + b2
+            loc, raw = out[:, :LATENT], out[:, LATENT:]
+            numpyro.sample("z", ndist.Normal(loc, jax.nn.softplus(raw) + 1e-4).to_event(1))
+
+    train = jnp.asarray(train_numpy)
+    svi = SVI(model, guide, numpyro.optim.Adam(LR), elbo())
+    state = svi.init(jax.random.PRNGKey(1), train[:batch_size])
+
+    @jax.jit
+    def epoch(state, key):
+        order = jax.random.permutation(key, train.shape[0])
+
+        def body(i, carry):
+            state, total = carry
+            index = lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+            batch = jax.random.bernoulli(jax.random.fold_in(key, i), train[index]).astype(train.dtype)
+            state, loss = svi.update(state, batch)
+            return state, total + loss
+
+        return lax.fori_loop(0, steps, body, (state, jnp.zeros(())))
+
+    holder = {"state": state, "key": jax.random.PRNGKey(2)}
+
+    def run():
+        holder["key"], key = jax.random.split(holder["key"])
+        holder["state"], total = epoch(holder["state"], key)
+        total.block_until_ready()
+        return total
+
+    return run
+
+
+# ----------------------------------------------------------------------------------- timing loop
+
+
+def profile_step(step: Callable, batches: Callable, device, steps: int = 50) -> str:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(batches())
+        synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=15)
+
+
+def time_training(args, device, train) -> tuple[list, dict]:
+    import torch
+    memory = PeakMemory(device)
+    records, profiles = [], {}
+    numpyro_ok = not args.skip_numpyro
+    train_numpy = None
+    if numpyro_ok:
+        try:
+            import numpyro  # noqa: F401
+            train_numpy = train.cpu().numpy()
+        except ImportError:
+            numpyro_ok = False
+    for batch_size in args.batch_sizes:
+        steps = args.steps or (200 if batch_size <= 100 else 30)
+        steps_per_epoch = NUM_TRAIN // batch_size
+        configs = []  # (impl, objective, variant, make)
+        for objective in args.objectives:
+            for variant in args.pyro_variants:
+                configs.append(("pyro", objective, variant, lambda o=objective, v=variant: pyro_step(o, v, device)))
+            if objective in ("meanfield", "trace", "iwae"):
+                for variant in args.torch_variants:
+                    configs.append(("torch", objective, variant,
+                                    lambda o=objective, v=variant: hand_written_step(o, v, device)))
+            if numpyro_ok and objective in ("meanfield", "trace"):
+                configs.append(("numpyro", objective, "jit-epoch",
+                                lambda o=objective: numpyro_epoch(o, train_numpy, batch_size, steps_per_epoch)))
+        state = []
+        for impl, objective, variant, make in configs:
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            memory.reset()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runner = make()
+                if runner is None:
+                    continue
+                batches = Batches(train, batch_size)
+                if impl == "numpyro":
+                    runner()  # compiles
+                else:
+                    for _ in range(args.warmup):
+                        runner(batches())
+                    synchronize(device)
+            setup = time.perf_counter() - start
+            state.append({"impl": impl, "objective": objective, "variant": variant, "run": runner,
+                          "batches": batches, "setup_s": setup, "times": [], "peak_mb": memory.read_mb()})
+            print(f"  ready: batch {batch_size} {impl:8s} {objective:10s} {variant:14s} setup {setup:6.1f} s",
+                  file=sys.stderr, flush=True)
+        for repeat in range(args.repeats):
+            for entry in state:
+                memory.reset()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if entry["impl"] == "numpyro":
+                        start = time.perf_counter()
+                        entry["run"]()
+                        entry["times"].append((time.perf_counter() - start) / steps_per_epoch)
+                    else:
+                        run, batches = entry["run"], entry["batches"]
+                        synchronize(device)
+                        start = time.perf_counter()
+                        for _ in range(steps):
+                            loss = run(batches())
+                        synchronize(device)
+                        entry["times"].append((time.perf_counter() - start) / steps)
+                        if not torch.isfinite(loss).item():
+                            raise RuntimeError(f"non-finite loss in {entry['impl']} {entry['variant']}")
+                entry["peak_mb"] = max(entry["peak_mb"], memory.read_mb())
+        for entry in state:
+            ms = statistics.median(entry["times"]) * 1e3
+            records.append({"impl": entry["impl"], "objective": entry["objective"], "variant": entry["variant"],
+                            "batch_size": batch_size, "ms_per_step": ms,
+                            "ms_per_step_repeats": [t * 1e3 for t in entry["times"]],
+                            "s_per_epoch": ms * steps_per_epoch / 1e3, "samples_per_s": batch_size / ms * 1e3,
+                            "peak_memory_mb": entry["peak_mb"], "setup_s": entry["setup_s"],
+                            "steps_per_repeat": steps_per_epoch if entry["impl"] == "numpyro" else steps})
+        if args.profile and batch_size == args.batch_sizes[0]:
+            for entry in state:
+                if entry["impl"] == "pyro" and entry["objective"] == args.objectives[0]:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        profiles[f"pyro {entry['objective']} {entry['variant']} batch {batch_size}"] = \
+                            profile_step(entry["run"], entry["batches"], device)
+        del state
+    add_ratios(records)
+    return records, profiles
+
+
+def add_ratios(records: list) -> None:
+    def find(impl, objective, batch_size, variant=None):
+        found = [r for r in records if r["impl"] == impl and r["objective"] == objective
+                 and r["batch_size"] == batch_size and (variant is None or r["variant"] == variant)]
+        return min(found, key=lambda r: r["ms_per_step"]) if found else None
+
+    for record in records:
+        for name, reference in (("vs_torch_eager", find("torch", record["objective"], record["batch_size"], "eager")),
+                                ("vs_torch_best", find("torch", record["objective"], record["batch_size"])),
+                                ("vs_numpyro", find("numpyro", record["objective"], record["batch_size"]))):
+            record[name] = record["ms_per_step"] / reference["ms_per_step"] if reference else None
+        record["fastest_of_objective"] = False
+    for key in {(r["objective"], r["batch_size"]) for r in records}:
+        best = min((r for r in records if (r["objective"], r["batch_size"]) == key), key=lambda r: r["ms_per_step"])
+        best["fastest_of_objective"] = True
+
+
+def time_evaluation(args, device, test) -> list:
+    import torch
+    from pyro_vae.evaluation import log_likelihood
+    from pyro_vae.models import build_vae
+    memory = PeakMemory(device)
+    torch.manual_seed(0)
+    model = build_vae(DATA_DIM, LATENT, [HIDDEN], "bernoulli", "tanh").to(device)
+    x = torch.bernoulli(test[:args.eval_images], generator=torch.Generator(device=device).manual_seed(0))
+    results = []
+    for chunk_size in args.eval_chunk_sizes:
+        memory.reset()
+        synchronize(device)
+        start = time.perf_counter()
+        estimate = log_likelihood(model.model, model.guide, x, num_particles=args.eval_particles, chunk_size=chunk_size)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        results.append({"num_particles": args.eval_particles, "images_timed": len(x), "chunk_size": chunk_size,
+                        "seconds": seconds, "seconds_for_10000_images": seconds * NUM_TEST / len(x),
+                        "extrapolated": len(x) != NUM_TEST, "peak_memory_mb": memory.read_mb(),
+                        "log_likelihood_untrained": estimate.mean})
+        print(f"  eval chunk {chunk_size}: {seconds:.1f} s for {len(x)} images", file=sys.stderr, flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+
+def fmt(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(records: list) -> str:
+    lines = ["| batch | objective | impl | variant | ms/step | s/epoch | samples/s | vs torch eager | "
+             "vs torch best | vs NumPyro | peak MB |",
+             "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(records, key=lambda r: (r["batch_size"], r["objective"], r["impl"] != "pyro", r["impl"],
+                                            r["ms_per_step"])):
+        mark = " **(fastest)**" if r["fastest_of_objective"] else ""
+        lines.append(f"| {r['batch_size']} | {r['objective']} | {r['impl']} | {r['variant']}{mark} | "
+                     f"{r['ms_per_step']:.2f} | {r['s_per_epoch']:.2f} | {r['samples_per_s']:.0f} | "
+                     f"{fmt(r['vs_torch_eager'])} | {fmt(r['vs_torch_best'])} | {fmt(r['vs_numpyro'])} | "
+                     f"{r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    parts = [f"# Training speed ({result['machine']['device']})", "",
+             f"Command: `{result['command']}`", "",
+             f"Machine: {result['machine'].get('cpu_model', '')}, {result['machine']['cpu_count']} CPUs, "
+             f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads), "
+             f"pyro {result['machine']['pyro']}, numpyro {result['machine'].get('numpyro')}; "
+             f"load average at start {result['machine'].get('load_average_at_start')}.", "",
+             f"Median of {result['settings']['repeats']} alternating repeats; peak memory is "
+             f"{result['memory_kind']}. Ratios below 1 are faster than the reference.", "",
+             table(result["training"])]
+    if result.get("evaluation"):
+        parts += ["", "## Importance-sampled evaluation", "",
+                  "| K | images timed | chunk size | seconds | seconds for 10,000 images | peak MB |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for e in result["evaluation"]:
+            parts.append(f"| {e['num_particles']} | {e['images_timed']} | {e['chunk_size']} | {e['seconds']:.1f} | "
+                         f"{e['seconds_for_10000_images']:.0f}{' (extrapolated)' if e['extrapolated'] else ''} | "
+                         f"{e['peak_memory_mb']:.0f} |")
+    for name, text in result.get("profiles", {}).items():
+        parts += ["", f"## Profile: {name}", "", "```", text, "```"]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+                              if args.threads == 1 else "")
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from pyro_vae.datasets import load_dataset
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    data = load_dataset("mnist", args.data_dir, download=False)
+    train, test = data.train.to(device), data.test.to(device)
+    result = {"command": " ".join([Path(sys.argv[0]).name if argv is None else "speed.py"] +
+                                  (sys.argv[1:] if argv is None else list(argv))),
+              "machine": machine_info(device), "settings": vars(args),
+              "memory_kind": PeakMemory(device).kind}
+    start = time.perf_counter()
+    result["training"], result["profiles"] = time_training(args, device, train)
+    if not args.skip_eval:
+        result["evaluation"] = time_evaluation(args, device, test)
+    result["wall_seconds"] = time.perf_counter() - start
+    try:
+        result["machine"]["load_average_at_end"] = os.getloadavg()
+    except OSError:
+        pass
+    print(table(result["training"]))
+    if result.get("evaluation"):
+        for e in result["evaluation"]:
+            print(f"log_likelihood K={e['num_particles']}, chunk {e['chunk_size']}: {e['seconds']:.1f} s for "
+                  f"{e['images_timed']} images -> {e['seconds_for_10000_images']:.0f} s for 10,000")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str))
+        out.with_suffix(".md").write_text(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The speed benchmark (benchmarks/speed.py) end to end, on tiny settings."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_writes_json_and_markdown(speed, data_dir, tmp_path):
+    out = tmp_path / "speed.json"
+    speed.main(["--data-dir", str(data_dir), "--device", "cpu", "--threads", "1", "--repeats", "2", "--steps", "2",
+                "--warmup", "1", "--batch-sizes", "50", "--objectives", "meanfield", "iwae",
+                "--pyro-variants", "eager", "trace", "--torch-variants", "eager", "fused", "--skip-numpyro",
+                "--eval-images", "4", "--eval-particles", "20", "--eval-chunk-sizes", "10", "100",
+                "--out", str(out)])
+    result = json.loads(out.read_text())
+    records = result["training"]
+    assert {(r["impl"], r["objective"], r["variant"]) for r in records} == {
+        (impl, objective, variant) for objective in ("meanfield", "iwae")
+        for impl, variants in (("pyro", ("eager", "trace")), ("torch", ("eager", "fused"))) for variant in variants}
+    for r in records:
+        assert r["ms_per_step"] > 0 and len(r["ms_per_step_repeats"]) == 2 and r["peak_memory_mb"] > 0
+        assert r["s_per_epoch"] == pytest.approx(r["ms_per_step"] * 60_000 / 50 / 1e3)
+        assert r["vs_torch_eager"] > 0 and r["vs_torch_best"] > 0 and r["vs_numpyro"] is None
+    assert [e["chunk_size"] for e in result["evaluation"]] == [10, 100]
+    assert all(e["extrapolated"] and e["seconds_for_10000_images"] > 0 for e in result["evaluation"])
+    assert result["machine"]["device"] == "cpu" and "torch" in result["machine"]
+    assert "| 50 | meanfield | pyro |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow  # compiling the jitted NumPyro epoch takes 10-20 s
+def test_numpyro_peer(speed, data_dir, tmp_path):
+    pytest.importorskip("numpyro")
+    result = speed.main(["--data-dir", str(data_dir), "--device", "cpu", "--threads", "1", "--repeats", "1",
+                         "--steps", "1", "--warmup", "1", "--batch-sizes", "6000", "--objectives", "meanfield",
+                         "--pyro-variants", "eager", "--torch-variants", "eager", "--skip-eval"])
+    numpyro = [r for r in result["training"] if r["impl"] == "numpyro"]
+    assert len(numpyro) == 1 and numpyro[0]["ms_per_step"] > 0 and numpyro[0]["steps_per_repeat"] == 10
+    pyro_record = next(r for r in result["training"] if r["impl"] == "pyro")
+    assert pyro_record["vs_numpyro"] == pytest.approx(pyro_record["ms_per_step"] / numpyro[0]["ms_per_step"])

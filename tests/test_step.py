@@ -1,0 +1,170 @@
+"""The training step: compiled steps compute what the eager step computes; fused optimizers match foreach."""
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.models import build_vae
+from pyro_vae.objectives import make_objective
+from pyro_vae.step import CompiledLoss, ObjectiveLoss, TrainingStep, make_optimizer
+
+DATA_DIM, NUM_DATA = 12, 600
+
+
+def small_vae(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_vae(DATA_DIM, 3, [16], "bernoulli", "tanh")
+
+
+def batch(size: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((size, DATA_DIM), 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("objective", ["meanfield", "trace", "iwae", "dreg", "tracegraph"])
+def test_traced_loss_and_gradients_equal_eager(objective):
+    loss = ObjectiveLoss(small_vae(), make_objective(objective))
+    compiled = CompiledLoss(loss, "trace")
+    x = batch()
+    torch.manual_seed(5)
+    traced_loss, traced_grads = compiled([((x,), NUM_DATA)])
+    torch.manual_seed(5)
+    eager_loss = loss([((x,), NUM_DATA)])
+    eager_grads = torch.autograd.grad(eager_loss, compiled.parameters)
+    assert compiled.fallback_reason is None
+    torch.testing.assert_close(traced_loss, eager_loss.detach())
+    for traced, eager in zip(traced_grads, eager_grads):
+        torch.testing.assert_close(traced, eager)
+    # the traced graph is reused for the next batch of the same shape, with fresh random draws
+    second_loss, _ = compiled([((batch(seed=2),), NUM_DATA)])
+    assert len(compiled.graphs) == 1 and second_loss != traced_loss
+
+
+def test_traced_steps_train_as_the_eager_steps():
+    """Several optimizer steps with compile="trace" give the eager run's parameters, for the same seed."""
+    results = []
+    for mode in ("none", "trace"):
+        model = small_vae()
+        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
+                            make_optimizer("adam", model.parameters(), 1e-2), clip_grad_norm=1e6, compile=mode)
+        torch.manual_seed(7)
+        losses = [step([((batch(seed=s),), NUM_DATA)]) for s in range(5)]
+        losses.append(step([((batch(size=7),), NUM_DATA)]))  # a smaller last batch: a second graph
+        assert all(bool(finite) for _, finite in losses)
+        results.append(([loss for loss, _ in losses], [p.detach().clone() for p in model.parameters()]))
+    (eager_losses, eager_params), (traced_losses, traced_params) = results
+    torch.testing.assert_close(torch.stack(traced_losses), torch.stack(eager_losses))
+    for traced, eager in zip(traced_params, eager_params):
+        torch.testing.assert_close(traced, eager)
+
+
+def test_tracing_leaves_param_store_and_rng_alone():
+    loss = ObjectiveLoss(small_vae(), make_objective("meanfield"))
+    pyro.clear_param_store()
+    state = torch.get_rng_state()
+    CompiledLoss(loss, "trace")._trace([((batch(),), NUM_DATA)])
+    assert len(pyro.get_param_store()) == 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_untraceable_model_falls_back_to_eager_with_a_warning():
+    class Branchy(type(small_vae())):
+        def model(self, x, num_data=None):
+            if x.sum() > 0:  # data-dependent control flow: cannot be traced
+                super().model(x, num_data)
+
+    model = small_vae()
+    model.__class__ = Branchy
+    step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
+                        make_optimizer("adam", model.parameters(), 1e-3), compile="trace")
+    with pytest.warns(RuntimeWarning, match="tracing failed"):
+        loss, finite = step([((batch(),), NUM_DATA)])
+    assert step.compiled is None and bool(finite)
+    loss, finite = step([((batch(),), NUM_DATA)])  # eager from now on, without further warnings
+    assert bool(finite)
+
+
+def test_compiled_step_reports_non_finite_loss():
+    model = small_vae()
+    with torch.no_grad():
+        model.encoder.net[0].weight.fill_(float("nan"))
+    step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
+                        make_optimizer("adam", model.parameters(), 1e-3), compile="trace")
+    _, finite = step([((batch(),), NUM_DATA)])
+    assert not bool(finite)
+
+
+def test_compile_modes_are_checked():
+    model = small_vae()
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3)
+    with pytest.raises(ValueError, match="compile mode"):
+        TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, compile="fast")
+    assert TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, compile=True).compile == "inductor"
+    assert TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer).compiled is None
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1.0])
+def test_fused_optimizer_matches_foreach(name, weight_decay):
+    params = {}
+    for fused in (True, False):
+        model = small_vae()
+        optimizer = make_optimizer(name, model.parameters(), 1e-2, weight_decay, fused=fused)
+        assert optimizer.defaults.get("fused") is (True if fused else None) or not fused
+        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer)
+        torch.manual_seed(3)
+        for s in range(10):
+            step([((batch(seed=s),), NUM_DATA)])
+        params[fused] = [p.detach().clone() for p in model.parameters()]
+    for fused, foreach in zip(params[True], params[False]):
+        torch.testing.assert_close(fused, foreach, rtol=1e-4, atol=1e-5)
+
+
+def test_make_optimizer_defaults_to_fused_where_supported():
+    model = small_vae()
+    assert make_optimizer("adam", model.parameters(), 1e-3).defaults["fused"]
+    assert not make_optimizer("adam", model.parameters(), 1e-3, fused=False).defaults["fused"]
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("sgd", model.parameters(), 1e-3)
+
+
+def test_compiled_step_all_reduces_gradients_under_ddp(tmp_path):
+    import torch.distributed as torch_dist
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        results = []
+        for mode in ("none", "trace"):
+            model = small_vae()
+            loss = torch.nn.parallel.DistributedDataParallel(ObjectiveLoss(model, make_objective("meanfield")))
+            step = TrainingStep(loss, make_optimizer("adam", model.parameters(), 1e-2), compile=mode)
+            torch.manual_seed(4)
+            for s in range(3):
+                step([((batch(seed=s),), NUM_DATA)])
+            results.append([p.detach().clone() for p in model.parameters()])
+        for traced, eager in zip(*results[::-1]):
+            torch.testing.assert_close(traced, eager)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_inductor_step_matches_eager_with_eager_random_numbers():
+    """Inductor compiles the traced graph (C++ on the CPU); with ``fallback_random`` it draws the
+    eager step's random numbers, so losses and gradients agree to rounding."""
+    import torch._inductor.config as inductor_config
+    loss = ObjectiveLoss(small_vae(), make_objective("meanfield"))
+    compiled = CompiledLoss(loss, "inductor")
+    x = batch()
+    with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(5)
+        compiled_loss, compiled_grads = compiled([((x,), NUM_DATA)])
+    assert compiled.backend == "inductor", compiled.fallback_reason
+    torch.manual_seed(5)
+    eager_loss = loss([((x,), NUM_DATA)])
+    eager_grads = torch.autograd.grad(eager_loss, compiled.parameters)
+    torch.testing.assert_close(compiled_loss, eager_loss.detach(), rtol=1e-4, atol=1e-2)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
