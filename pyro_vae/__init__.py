@@ -2,14 +2,18 @@
 
 Where things are:
 
-* :mod:`pyro_vae.models` — model and guide (:class:`VAE`); new latent variables go here.
+* :mod:`pyro_vae.models` — models and guides, one per module (:class:`VAE`, the two-layer
+  :class:`HierarchicalVAE`, the semi-supervised :class:`SemiSupervisedVAE` (M2), the
+  :class:`ConditionalVAE`); new latent variables go here.
 * :mod:`pyro_vae.networks`, :mod:`pyro_vae.likelihoods` — encoder and decoder networks, p(x|z).
 * :mod:`pyro_vae.objectives` — Pyro's ELBO estimators by name.
 * :mod:`pyro_vae.estimators` — estimators Pyro lacks (STL, DReG, per-datapoint IWAE, Renyi and
   tail-adaptive); :mod:`pyro_vae.diagnostics` — gradient variance and SNR, bound gaps, cost per step.
 * :mod:`pyro_vae.wake_sleep` — the wake-sleep and reweighted wake-sleep baselines.
 * :mod:`pyro_vae.datasets` — MNIST and Frey Face as tensors.
-* :mod:`pyro_vae.training` — the AEVB loop and run directories; :mod:`pyro_vae.evaluation` —
+* :mod:`pyro_vae.training` — the AEVB loop and run directories; :mod:`pyro_vae.step` — one
+  training step; :mod:`pyro_vae.distributed` — data-parallel training under ``torchrun``;
+  :mod:`pyro_vae.evaluation` —
   ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` — pictures.
 """
 
@@ -20,7 +24,8 @@ from .estimators import DoublyReparameterizedELBO, StickingTheLandingELBO, TailA
 from .evaluation import elbo, log_likelihood
 from .importance import log_importance_weights
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood
-from .models import VAE, build_vae
+from .models import (MODELS, VAE, ConditionalVAE, HierarchicalVAE, SemiSupervisedVAE, build_model,
+                     build_vae)
 from .networks import MLP, GaussianEncoder
 from .objectives import OBJECTIVES, ImportanceWeightedELBO, make_objective
 from . import wake_sleep  # noqa: F401 (registers its objectives)
@@ -29,7 +34,8 @@ from .training import Run, TrainConfig, load_run, resume, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "BernoulliLikelihood", "CheckpointError", "ConfigError", "DataError", "DoublyReparameterizedELBO",
+    "BernoulliLikelihood", "CheckpointError", "ConditionalVAE", "HierarchicalVAE", "MODELS", "SemiSupervisedVAE",
+    "build_model", "ConfigError", "DataError", "DoublyReparameterizedELBO",
     "GaussianEncoder", "GaussianLikelihood", "ImageData", "ImportanceWeightedELBO", "MLP", "OBJECTIVES",
     "PyroVAEError", "Run", "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig",
     "TrainingError", "VAE", "bound_gap", "build_vae", "elbo", "gradient_statistics", "load_dataset", "load_run",
