@@ -34,11 +34,11 @@ from .training import Run, TrainConfig, load_run, resume, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "BernoulliLikelihood", "CheckpointError", "ConditionalVAE", "HierarchicalVAE", "MODELS", "SemiSupervisedVAE",
-    "build_model", "ConfigError", "DataError", "DoublyReparameterizedELBO",
-    "GaussianEncoder", "GaussianLikelihood", "ImageData", "ImportanceWeightedELBO", "MLP", "OBJECTIVES",
-    "PyroVAEError", "Run", "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig",
-    "TrainingError", "VAE", "bound_gap", "build_vae", "elbo", "gradient_statistics", "load_dataset", "load_run",
+    "BernoulliLikelihood", "CheckpointError", "ConditionalVAE", "ConfigError", "DataError",
+    "DoublyReparameterizedELBO", "GaussianEncoder", "GaussianLikelihood", "HierarchicalVAE", "ImageData",
+    "ImportanceWeightedELBO", "MLP", "MODELS", "OBJECTIVES", "PyroVAEError", "Run", "SemiSupervisedVAE",
+    "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig", "TrainingError", "VAE",
+    "bound_gap", "build_model", "build_vae", "elbo", "gradient_statistics", "load_dataset", "load_run",
     "log_importance_weights", "log_likelihood", "make_objective", "parameter_groups", "resume",
     "seconds_per_step", "train",
 ]
