@@ -67,12 +67,10 @@ NUM_CLASSES = 10  # MNIST's digits: the classes of the labelled models
 
 #: Settings that depend on the model when left unset, before the data set's: Burda et al.'s
 #: two-layer network (200-200 units to h1 of 100, 100-100 to h2 of 50) and Kingma et al. (2014)'s
-#: M2 (500 softplus units, z of 50).
+#: M2 (500 softplus units, z of 50); the objective is ``meanfield`` unless a model says otherwise.
 MODEL_DEFAULTS = {
-    "vae": {"objective": "meanfield"},
     "hierarchical": {"latent_dim": 100, "hidden_dims": [200, 200], "objective": "trace"},
     "m2": {"latent_dim": 50, "hidden_dims": [500], "activation": "softplus", "epochs": 30, "objective": "enum"},
-    "cvae": {"objective": "meanfield"},
 }
 
 #: Settings that depend on the data set when left unset: the paper's networks (one hidden
@@ -128,6 +126,8 @@ class TrainConfig:
             for key, default in defaults.items():
                 if values[key] is None:
                     values[key] = default
+        if values["objective"] is None:  # a model with no default of its own
+            values["objective"] = "meanfield"
         if values["likelihood"] == "bernoulli" and self.dataset == "frey-face" and self.binarize is None:
             values["binarize"] = "dynamic"
         if values["binarize"] == "none" and self.dataset == "mnist" and self.likelihood is None:
