@@ -1,21 +1,16 @@
 """The AEVB-vs-wake-sleep benchmark: its smoke preset end to end, its step-size pilot, its errors."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aevb_vs_wake_sleep.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("aevb_vs_wake_sleep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("aevb_vs_wake_sleep")
 
 
 def test_smoke_preset_writes_results_and_figures(benchmark, data_dir, tmp_path):
