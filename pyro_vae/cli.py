@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                                           "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
     train.add_argument("--model", choices=list(MODELS), default=defaults.model,
                        help="vae: z -> x; hierarchical: h2 -> h1 -> x (Burda et al.); m2: semi-supervised with a "
-                            "class y (Kingma et al. 2014); cvae: conditioned on a label or the top half of the "
-                            "image (default: %(default)s)")
+                            "class y (Kingma et al. 2014); m1m2: m2 stacked on a trained vae (--m1); cvae: "
+                            "conditioned on a label or the top half of the image (default: %(default)s)")
     train.add_argument("--latent-dim", type=_positive_int,
                        help="dimension Nz of z (default: 20 for mnist, 2 for frey-face; hierarchical: 100 for h1, "
                             "h2 has half; m2: 50)")
@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                             "Kingma et al.'s alpha = 0.1 N)")
     train.add_argument("--condition", choices=CONDITIONS, default=defaults.condition,
                        help="cvae: what generation is conditioned on (default: %(default)s)")
+    train.add_argument("--m1", metavar="RUN_DIR",
+                       help="m1m2: the run directory of a trained vae (M1) whose codes M2 generates")
     train.add_argument("--out", default=defaults.out, help="run directory (default: %(default)s)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue RUN_DIR from its last checkpoint with its own configuration "

@@ -71,6 +71,7 @@ NUM_CLASSES = 10  # MNIST's digits: the classes of the labelled models
 MODEL_DEFAULTS = {
     "hierarchical": {"latent_dim": 100, "hidden_dims": [200, 200], "objective": "trace"},
     "m2": {"latent_dim": 50, "hidden_dims": [500], "activation": "softplus", "epochs": 30, "objective": "enum"},
+    "m1m2": {"latent_dim": 50, "hidden_dims": [500], "activation": "softplus", "epochs": 30, "objective": "enum"},
 }
 
 #: Settings that depend on the data set when left unset: the paper's networks (one hidden
@@ -113,6 +114,7 @@ class TrainConfig:
     labels_per_class: int = 10
     aux_weight: Optional[float] = None
     condition: str = "label"
+    m1: Optional[str] = None
     out: str = "runs/latest"
 
     def resolved(self) -> "TrainConfig":
@@ -132,8 +134,9 @@ class TrainConfig:
             values["binarize"] = "dynamic"
         if values["binarize"] == "none" and self.dataset == "mnist" and self.likelihood is None:
             values["likelihood"] = "gaussian"
-        if values["data_dir"] is not None:  # absolute, so that the run can be evaluated from anywhere
-            values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+        for path in ("data_dir", "m1"):  # absolute, so that the run can be evaluated from anywhere
+            if values[path] is not None:
+                values[path] = str(Path(values[path]).expanduser().resolve())
         config = TrainConfig(**values)
         config.check()
         return config
@@ -169,6 +172,9 @@ class TrainConfig:
             raise ConfigError(f"init-std must be positive, got {self.init_std!r}")
         if self.aux_weight is not None and not (self.aux_weight >= 0 and math.isfinite(self.aux_weight)):
             raise ConfigError(f"aux-weight must be zero or positive, got {self.aux_weight!r}")
+        if (self.model == "m1m2") != (self.m1 is not None):
+            raise ConfigError("--model m1m2 needs --m1 RUN_DIR, the run directory of a trained vae"
+                              if self.m1 is None else f"--m1 is for --model m1m2, not {self.model}")
         make_objective(self.objective, self.particles)  # checks the particle count
 
     @classmethod
@@ -196,9 +202,23 @@ def build_model(config: TrainConfig, data_dim: int, image_shape=(28, 28), num_da
     aux_weight = config.aux_weight
     if aux_weight is None:
         aux_weight = 0.1 * (num_data or num_labelled) / num_labelled
+    m1 = None if config.m1 is None else load_m1(config)
     return build_named_model(config.model, data_dim, config.latent_dim, config.hidden_dims, config.likelihood,
                              config.activation, config.init_std, num_classes=NUM_CLASSES, aux_weight=aux_weight,
-                             condition=config.condition, image_shape=image_shape)
+                             condition=config.condition, image_shape=image_shape, m1=m1)
+
+
+def load_m1(config: TrainConfig) -> VAE:
+    """The trained VAE of the run directory ``config.m1``, on which ``m1m2`` stacks M2."""
+    if not (Path(config.m1) / "checkpoint.pt").is_file():
+        raise ConfigError(f"--m1 {config.m1}: no checkpoint.pt there; train M1 first with "
+                          f"'pyro-vae train --model vae --dataset {config.dataset} --out {config.m1}'")
+    m1, m1_config, _ = load_run(config.m1, data_dir=config.data_dir)
+    if m1_config.model != "vae" or m1_config.dataset != config.dataset or m1_config.likelihood != config.likelihood:
+        raise ConfigError(f"--m1 {config.m1} is a {m1_config.model} with a {m1_config.likelihood} likelihood on "
+                          f"{m1_config.dataset}: M1 must be a vae trained on {config.dataset} with a "
+                          f"{config.likelihood} likelihood")
+    return m1
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, tuple]:

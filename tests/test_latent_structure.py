@@ -1,4 +1,4 @@
-"""Models with extra latent structure: the two-layer VAE, M2 and the conditional VAE."""
+"""Models with extra latent structure: the two-layer VAE, M2 (also stacked on M1) and the conditional VAE."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae import ConfigError, TrainConfig, train
+from pyro_vae import ConfigError, TrainConfig, load_run, train
 from pyro_vae.datasets import labelled_subset
 from pyro_vae.importance import log_importance_weights
 from pyro_vae.models import MODELS, build_model
@@ -16,6 +16,8 @@ from pyro_vae.objectives import DISCRETE_LATENTS, MEAN_FIELD_ONLY, OBJECTIVES, c
 
 def small(name, **options):
     torch.manual_seed(0)
+    if name == "m1m2":
+        options.setdefault("m1", build_model("vae", 12, 5, [8], "bernoulli", "tanh"))
     return build_model(name, 12, 4, [8, 8], "bernoulli", "tanh", None, num_classes=3, image_shape=(3, 4), **options)
 
 
@@ -34,7 +36,7 @@ def applicable(model):
 
 
 @pytest.mark.parametrize("name, options", [("hierarchical", {}), ("m2", {"aux_weight": 2.0}),
-                                           ("cvae", {"condition": "label"}), ("cvae", {"condition": "top-half"})])
+                                           ("m1m2", {"aux_weight": 2.0}), ("cvae", {"condition": "label"}), ("cvae", {"condition": "top-half"})])
 def test_every_applicable_objective_trains_every_parameter(name, options):
     model = small(name, **options)
     x = binary()
@@ -46,7 +48,8 @@ def test_every_applicable_objective_trains_every_parameter(name, options):
             loss = sum(objective.differentiable_loss(model.model, model.guide, *args, num_data=60) for args in batches)
             loss.backward()
         assert math.isfinite(loss.item()), objective_name
-        silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        silent = [n for n, p in model.named_parameters()
+                  if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
         if objective_name in ("wake-sleep", "rws"):  # the classifier of M2 is trained by neither phase's terms alone
             silent = [n for n in silent if not n.startswith("classifier")]
         assert not silent, (objective_name, silent)
@@ -59,7 +62,7 @@ def test_objectives_whose_assumptions_a_guide_breaks_are_refused():
     for objective_name in ("iwae", "wake-sleep", "jit-trace"):
         with pytest.raises(ConfigError, match="discrete"):
             check_objective(objective_name, small("m2"))
-    assert applicable(small("m2")) == ["trace", "tracegraph", "enum"]
+    assert applicable(small("m2")) == applicable(small("m1m2")) == ["trace", "tracegraph", "enum"]
     assert "meanfield" in applicable(small("cvae"))
 
 
@@ -110,6 +113,31 @@ def test_m2_classifier_styles_and_pictures():
     images, per_row, _ = model.pictures(x, None, torch.Generator().manual_seed(0))["styles"]
     assert per_row == 4 and images.shape == (4 * 4, 12)
     assert torch.equal(images[::4], x)  # each row starts with its test image
+
+
+def test_m1m2_generates_the_code_of_a_frozen_m1_and_classifies_from_its_mean():
+    model = small("m1m2", aux_weight=2.0)
+    m1 = model.m1
+    x, y = binary(4), torch.tensor([0, 1, 2, 0])
+    frozen = {name: p.clone() for name, p in m1.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pyro.get_param_store().scope():
+        for args in ((x,), (x, y)):
+            make_objective("enum").differentiable_loss(model.model, model.guide, *args, num_data=40).backward()
+    optimizer.step()
+    assert all(torch.equal(p, frozen[name]) and p.grad is None for name, p in m1.named_parameters())
+    model.train()
+    assert not m1.training  # M1 stays in evaluation mode
+    guide = poutine.trace(model.guide).get_trace(x, y)
+    trace = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(x, y)
+    assert [n for n in guide.stochastic_nodes if n != "data"] == ["z1", "z"]
+    assert [n for n in trace.stochastic_nodes if n != "data"] == ["z", "z1"]
+    assert trace.nodes["z1"]["value"].shape == (4, 5) and trace.nodes["x"]["is_observed"]
+    assert torch.equal(model.classify(x), model.classifier(m1.encoder(x)[0]).argmax(-1))
+    images, per_row, _ = model.pictures(x, None, torch.Generator().manual_seed(0))["styles"]
+    assert per_row == 4 and images.shape == (16, 12) and torch.equal(images[::4], x)
+    with pytest.raises(ConfigError, match="'vae'"):
+        small("m1m2", m1=small("hierarchical"))
 
 
 def test_importance_weights_of_m2_sample_the_class():
@@ -172,5 +200,28 @@ def test_models_needing_labels_refuse_a_data_set_without_them(tmp_path):
             train(TrainConfig(dataset="frey-face", model=name, epochs=1, out=str(tmp_path)), progress=False)
 
 
+def test_m1m2_trains_on_a_trained_vae_from_the_same_loop(data_dir, tmp_path):
+    common = dict(dataset="mnist", data_dir=str(data_dir), train_size=600, epochs=1, eval_particles=3)
+    m1 = train(TrainConfig(latent_dim=4, hidden_dims=[32], out=str(tmp_path / "m1"), **common), progress=False)
+    config = TrainConfig(model="m1m2", m1=str(tmp_path / "m1"), latent_dim=3, hidden_dims=[16], labels_per_class=3,
+                         out=str(tmp_path / "m1m2"), **common)
+    run = train(config, progress=False)
+    assert 0.0 <= run.metrics["test_accuracy"] <= 1.0 and math.isfinite(run.metrics["test_log_likelihood"])
+    assert (tmp_path / "m1m2" / "styles.png").exists()
+    for name, p in m1.model.state_dict().items():  # M1 is unchanged inside the stacked model
+        assert torch.equal(run.model.m1.state_dict()[name], p), name
+    model, _, _ = load_run(tmp_path / "m1m2")
+    assert torch.equal(model.classify(run.data.test[:50]), run.model.classify(run.data.test[:50]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model="m1m2"), "needs --m1"), (dict(m1="somewhere"), "--m1 is for --model m1m2"),
+    (dict(model="m1m2", m1="no-such-run"), "no checkpoint.pt"),
+])
+def test_m1m2_needs_a_trained_vae(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(TrainConfig(dataset="mnist", epochs=1, out=str(tmp_path / "run"), **overrides), progress=False)
+
+
 def test_every_model_is_registered():
-    assert set(MODELS) == {"vae", "hierarchical", "m2", "cvae"}
+    assert set(MODELS) == {"vae", "hierarchical", "m2", "m1m2", "cvae"}

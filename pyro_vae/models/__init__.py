@@ -7,6 +7,8 @@ name               model                                       module
 ``hierarchical``   h2 -> h1 -> x (Burda et al. 2016)           :mod:`pyro_vae.models.hierarchical`
 ``m2``             (y, z) -> x, y partly observed (Kingma      :mod:`pyro_vae.models.semisupervised`
                    et al. 2014)
+``m1m2``           M2 generating the code z1 of a trained      :mod:`pyro_vae.models.stacked`
+                   ``vae`` (M1): (y, z) -> z1 -> x
 ``cvae``           z -> x given a label or half an image       :mod:`pyro_vae.models.conditional`
                    (Sohn et al. 2015)
 =================  ==========================================  ==================================
@@ -24,6 +26,7 @@ from ..errors import ConfigError
 from .conditional import CONDITIONS, ConditionalVAE, build_conditional_vae
 from .hierarchical import HierarchicalVAE, build_hierarchical_vae
 from .semisupervised import SemiSupervisedVAE, build_semisupervised_vae
+from .stacked import StackedSemiSupervisedVAE, build_stacked_vae
 from .vae import VAE, build_vae
 
 
@@ -41,6 +44,13 @@ def _m2(data_dim, latent_dim, hidden_dims, likelihood, activation, init_std, num
                                     init_std, aux_weight)
 
 
+def _m1m2(data_dim, latent_dim, hidden_dims, likelihood, activation, init_std, m1=None, num_classes=10,
+          aux_weight=0.0, **_) -> VAE:
+    if m1 is None:
+        raise ConfigError("model m1m2 needs m1, a trained 'vae' model (from the command line: --m1 RUN_DIR)")
+    return build_stacked_vae(m1, latent_dim, hidden_dims, num_classes, activation, init_std, aux_weight)
+
+
 def _cvae(data_dim, latent_dim, hidden_dims, likelihood, activation, init_std, condition="label",
           num_classes=10, image_shape=(28, 28), **_) -> VAE:
     return build_conditional_vae(data_dim, latent_dim, hidden_dims, condition, num_classes, image_shape,
@@ -48,9 +58,10 @@ def _cvae(data_dim, latent_dim, hidden_dims, likelihood, activation, init_std, c
 
 
 #: ``name -> builder(data_dim, latent_dim, hidden_dims, likelihood, activation, init_std, **options)``.
-#: Options a model does not use are ignored: ``num_classes``, ``aux_weight`` (m2),
-#: ``condition`` and ``image_shape`` (cvae).
-MODELS: dict[str, Callable[..., VAE]] = {"vae": _vae, "hierarchical": _hierarchical, "m2": _m2, "cvae": _cvae}
+#: Options a model does not use are ignored: ``num_classes``, ``aux_weight`` (m2, m1m2), ``m1`` (m1m2:
+#: the trained VAE), ``condition`` and ``image_shape`` (cvae).
+MODELS: dict[str, Callable[..., VAE]] = {"vae": _vae, "hierarchical": _hierarchical, "m2": _m2, "m1m2": _m1m2,
+                                         "cvae": _cvae}
 
 
 def build_model(name: str, data_dim: int, latent_dim: int, hidden_dims: Sequence[int], likelihood: str = "bernoulli",
@@ -61,5 +72,6 @@ def build_model(name: str, data_dim: int, latent_dim: int, hidden_dims: Sequence
     return MODELS[name](data_dim, latent_dim, hidden_dims, likelihood, activation, init_std, **options)
 
 
-__all__ = ["CONDITIONS", "MODELS", "VAE", "ConditionalVAE", "HierarchicalVAE", "SemiSupervisedVAE", "build_conditional_vae",
-           "build_hierarchical_vae", "build_model", "build_semisupervised_vae", "build_vae"]
+__all__ = ["CONDITIONS", "MODELS", "VAE", "ConditionalVAE", "HierarchicalVAE", "SemiSupervisedVAE",
+           "StackedSemiSupervisedVAE", "build_conditional_vae", "build_hierarchical_vae", "build_model",
+           "build_semisupervised_vae", "build_stacked_vae", "build_vae"]

@@ -69,31 +69,61 @@ class SemiSupervisedVAE(VAE):
             uniform = x.new_zeros(self.num_classes)
             y_code = pyro.sample("y", dist.OneHotCategorical(logits=uniform, validate_args=False), obs=observed)
             z = pyro.sample("z", self.prior(x))
-            pyro.sample("x", self.likelihood(concat(z, y_code)), obs=x)
+            data = self.generate_data(concat(z, y_code), x)
             if observed is not None and self.aux_weight > 0:
                 with poutine.scale(scale=self.aux_weight):
-                    pyro.sample("y_aux", dist.OneHotCategorical(logits=self.classifier(x), validate_args=False),
+                    pyro.sample("y_aux", dist.OneHotCategorical(logits=self.classifier(data), validate_args=False),
                                 obs=observed)
 
     @pyro_method
     def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_data: Optional[int] = None) -> None:
         with self.data_plate(x, num_data):
+            data = self.infer_data(x)
             if y is None:
-                y_code = pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(x), validate_args=False),
+                y_code = pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(data), validate_args=False),
                                      infer={"enumerate": "parallel"})
             else:
                 y_code = self.one_hot(y, x)
-            pyro.sample("z", dist.Normal(*self.encoder(concat(x, y_code)), validate_args=False).to_event(1))
+            pyro.sample("z", dist.Normal(*self.encoder(concat(data, y_code)), validate_args=False).to_event(1))
+
+    # What (y, z) generate. M2 generates the image itself; a stacked model (M1 + M2,
+    # :mod:`pyro_vae.models.stacked`) generates another model's code of it and overrides these.
+
+    def generate_data(self, code: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """In the model, inside the data plate: draw what ``code = [z, onehot(y)]`` generates,
+        observing ``x``; return what the classifier reads (here ``x``)."""
+        pyro.sample("x", self.likelihood(code), obs=x)
+        return x
+
+    def infer_data(self, x: torch.Tensor) -> torch.Tensor:
+        """In the guide, inside the data plate: what classifier and encoder read (here ``x``)."""
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What classifier and encoder read, without sampling (here ``x``)."""
+        return x
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Decoder means E[x|z, y]; ``y`` defaults to class 0."""
+        return self.likelihood.mean(self.code(z, y))
+
+    def code(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[z, onehot(y)]``, the decoder's input; ``y`` defaults to class 0."""
+        if y is None:
+            y = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
+        return concat(z, self.one_hot(y, z))
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable class under q(y|x), as integer labels."""
-        return self.classifier(x).argmax(-1)
+        return self.classifier(self.features(x)).argmax(-1)
 
     @torch.no_grad()
     def styles(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder means of z under each image's predicted class: its style."""
-        loc, _ = self.encoder(concat(x, self.one_hot(self.classify(x), x)))
+        data = self.features(x)
+        loc, _ = self.encoder(concat(data, self.one_hot(self.classifier(data).argmax(-1), x)))
         return loc
 
     @torch.no_grad()
@@ -107,14 +137,6 @@ class SemiSupervisedVAE(VAE):
         device = next(self.parameters()).device
         z = torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
         return self.decode(z, torch.arange(num_samples, device=device) % self.num_classes)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Decoder means E[x|z, y]; ``y`` defaults to class 0."""
-        if y is None:
-            y = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
-        return self.likelihood.mean(concat(z, self.one_hot(y, z)))
-
 
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, y: Optional[torch.Tensor], generator: torch.Generator) -> dict:
