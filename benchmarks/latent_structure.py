@@ -101,7 +101,9 @@ def write_table(results: dict, path: Path) -> None:
         lines.append(f"| {name} | {r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_stderr']:.2f} | "
                      f"{r['test_log_likelihood_particles']} | {r['test_elbo']:.2f} | {r['train_elbo']:.2f} | "
                      f"{accuracy} | {r['seconds'] / 60:.1f} |")
-    lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in results.values()]
+    lines += ["", "test log p(x): importance-sampled with K particles per test image on all 10,000 test images; "
+              "minutes: wall-clock training time where the run was made (its config.json names the machine).",
+              "", "Commands:", ""] + [f"    {r['command']}" for r in results.values()]
     path.write_text("\n".join(lines) + "\n")
 
 
