@@ -8,8 +8,9 @@ printed as it starts), and collects their ``metrics.json``:
   ``--model hierarchical``), same objective (``trace``), optimiser, batch size and epochs;
 * ``m2``: Kingma et al.'s M2 with 10 labels per class (``--model m2``, ``enum``), reporting the
   test accuracy of its classifier q(y|x);
-* ``m1``: a VAE with a 50-dimensional code (784-500-50, tanh), and ``m1m2``: M2 with the same
-  100 labels stacked on it (``--model m1m2 --m1 RUNS/m1``, Kingma et al.'s M1 + M2).
+* ``m1``: a VAE with a 50-dimensional code behind two hidden layers of 600 softplus units, and
+  ``m1m2``: M2 (z of 10) with the same 100 labels stacked on it (``--model m1m2 --m1 RUNS/m1``,
+  Kingma et al.'s M1 + M2).
 
 Both layered models are scored by the importance-sampled test log-likelihood with K particles
 per test image on all 10,000 test images. Results go to ``benchmarks/results/latent_structure.json``
@@ -36,9 +37,10 @@ def configurations(args) -> dict:
         "one-layer": TrainConfig(model="vae", latent_dim=50, hidden_dims=[200, 200], **layered),
         "two-layer": TrainConfig(model="hierarchical", latent_dim=100, hidden_dims=[200, 200], **layered),
         "m2": TrainConfig(model="m2", labels_per_class=10, epochs=args.m2_epochs, **common),
-        "m1": TrainConfig(model="vae", latent_dim=50, hidden_dims=[500], epochs=args.m1_epochs, **common),
-        "m1m2": TrainConfig(model="m1m2", m1=str(Path(args.runs) / "m1"), labels_per_class=10, epochs=args.m2_epochs,
-                            **common),
+        "m1": TrainConfig(model="vae", latent_dim=50, hidden_dims=[600, 600], activation="softplus",
+                          epochs=args.m1_epochs, **common),
+        "m1m2": TrainConfig(model="m1m2", m1=str(Path(args.runs) / "m1"), latent_dim=10, labels_per_class=10,
+                            epochs=args.m2_epochs, **common),
     }
 
 
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PYRO_VAE_DATA)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of the one- and two-layer models")
     parser.add_argument("--m2-epochs", type=int, default=30, help="epochs of M2 and of M1 + M2")
-    parser.add_argument("--m1-epochs", type=int, default=50, help="epochs of M1")
+    parser.add_argument("--m1-epochs", type=int, default=100, help="epochs of M1")
     parser.add_argument("--particles", type=int, default=1000, help="K of the test log-likelihood")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)

@@ -21,6 +21,10 @@ default).
 Labels are integer class indices; the networks see them one-hot. :meth:`classify` is the
 classifier's prediction, :meth:`styles` the codes z of images under their predicted classes, and
 :meth:`decode` draws any code in any class: one style across all digits.
+
+What (y, z) generate is one method, :meth:`generate_data` (here the image), and what the
+classifier and encoder read is :meth:`infer_data` and :meth:`features` (here the image):
+:mod:`pyro_vae.models.stacked` overrides these to stack M2 on a trained VAE (M1 + M2).
 """
 
 from typing import Optional, Sequence
