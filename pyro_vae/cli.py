@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                             "conditioned on a label or the top half of the image (default: %(default)s)")
     train.add_argument("--latent-dim", type=_positive_int,
                        help="dimension Nz of z (default: 20 for mnist, 2 for frey-face; hierarchical: 100 for h1, "
-                            "h2 has half; m2: 50)")
+                            "h2 has half; m2 and m1m2: 50)")
     train.add_argument("--hidden-dim", type=_positive_int, nargs="+", dest="hidden_dims", metavar="N",
                        help="hidden layer sizes of encoder and decoder (default: 500 for mnist, 200 for frey-face; "
                             "hierarchical: 200 200, halved for the top layer)")
