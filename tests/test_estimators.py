@@ -3,7 +3,7 @@
     z ~ N(0, I_L),  x | z ~ N(W z + b, sigma^2 I_D)
 
 With orthogonal columns of W the exact posterior is a diagonal Gaussian that a linear encoder
-can represent (see test_evaluation.py). Encoder and decoder have trainable parameters here, in
+can represent (see linear_gaussian.py). Encoder and decoder parameters are trainable and here in
 float64, so that gradient means can be compared to within their Monte-Carlo standard errors.
 """
 
@@ -13,37 +13,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
+from linear_gaussian import D, L, SIGMA, LinearEncoder, LinearGaussianLikelihood
 from pyro_vae import VAE, ConfigError, make_objective
 from pyro_vae.diagnostics import gradient_statistics, parameter_groups
 from pyro_vae.estimators import (DoublyReparameterizedELBO, ImportanceWeightedELBO, StickingTheLandingELBO,
                                  TailAdaptiveELBO)
 from pyro_vae.importance import log_importance_weights
-
-D, L, SIGMA = 4, 2, 0.5
-
-
-class LinearGaussianLikelihood(nn.Module):
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight = nn.Parameter(weight.clone())
-        self.bias = nn.Parameter(bias.clone())
-
-    def forward(self, z):
-        return dist.Normal(z @ self.weight.T + self.bias, SIGMA).to_event(1)
-
-
-class LinearEncoder(nn.Module):
-    def __init__(self, matrix, offset, scale):
-        super().__init__()
-        self.matrix = nn.Parameter(matrix.clone())
-        self.offset = nn.Parameter(offset.clone())
-        self.log_scale = nn.Parameter(scale.log().clone())
-
-    def forward(self, x):
-        return x @ self.matrix.T + self.offset, self.log_scale.exp().expand(*x.shape[:-1], L)
-
 
 def linear_gaussian_vae(exact: bool) -> tuple[VAE, torch.Tensor]:
     """The VAE and 20 datapoints; with ``exact`` the encoder is the exact posterior."""

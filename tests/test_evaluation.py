@@ -12,35 +12,9 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
+from linear_gaussian import D, L, SIGMA, LinearEncoder, LinearGaussianLikelihood
 from pyro_vae import VAE, elbo, evaluation, log_likelihood
-
-D, L, SIGMA = 4, 2, 0.5
-
-
-class LinearGaussianLikelihood(nn.Module):
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
-
-    def forward(self, z):
-        return dist.Normal(self.mean(z), SIGMA).to_event(1)
-
-    def mean(self, z):
-        return z @ self.weight.T + self.bias
-
-
-class LinearEncoder(nn.Module):
-    def __init__(self, matrix, offset, scale):
-        super().__init__()
-        self.register_buffer("matrix", matrix)
-        self.register_buffer("offset", offset)
-        self.register_buffer("scale", scale)
-
-    def forward(self, x):
-        return x @ self.matrix.T + self.offset, self.scale.expand(*x.shape[:-1], L)
 
 
 @pytest.fixture

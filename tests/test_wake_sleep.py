@@ -19,41 +19,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from torch import nn
 
+from linear_gaussian import D, L, SIGMA, LinearEncoder, LinearGaussianLikelihood, exact_posterior
 from pyro_vae import VAE, ConfigError, TrainConfig, elbo, make_objective, train
 from pyro_vae.wake_sleep import ReweightedWakeSleep, WakeSleep
-
-D, L, SIGMA = 4, 2, 0.5
-
-
-class LinearGaussianLikelihood(nn.Module):
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight, self.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
-
-    def forward(self, z):
-        return dist.Normal(self.mean(z), SIGMA).to_event(1)
-
-    def mean(self, z):
-        return z @ self.weight.T + self.bias
-
-
-class LinearEncoder(nn.Module):
-    def __init__(self, matrix, offset, log_scale):
-        super().__init__()
-        self.matrix, self.offset = nn.Parameter(matrix.clone()), nn.Parameter(offset.clone())
-        self.log_scale = nn.Parameter(log_scale.clone())
-
-    def forward(self, x):
-        return x @ self.matrix.T + self.offset, self.log_scale.exp().expand(*x.shape[:-1], L)
-
-
-def exact_posterior(weight, bias, x):
-    """Mean (B, L) and covariance (L, L) of p(z|x)."""
-    covariance = torch.linalg.inv(torch.eye(L, dtype=weight.dtype) + weight.T @ weight / SIGMA**2)
-    return (x - bias) @ weight @ covariance / SIGMA**2, covariance
-
 
 @pytest.fixture
 def problem():
@@ -66,7 +35,7 @@ def problem():
     x = marginal.sample((6,))
     _, covariance = exact_posterior(weight, bias, x)
     matrix = covariance @ weight.T / SIGMA**2
-    encoder = LinearEncoder(1.1 * matrix, -matrix @ bias + 0.2, 0.5 * torch.diagonal(covariance).log() + 0.15)
+    encoder = LinearEncoder(1.1 * matrix, -matrix @ bias + 0.2, torch.diagonal(covariance).sqrt() * math.exp(0.15))
     vae = VAE(encoder, LinearGaussianLikelihood(weight, bias), L)
     yield vae, x
     torch.set_default_dtype(torch.float32)
