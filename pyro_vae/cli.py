@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--aux-weight", type=_non_negative_float,
                        help="m2: weight of the classification loss per labelled image (default: 0.1 N / N_labelled, "
                             "Kingma et al.'s alpha = 0.1 N)")
+    train.add_argument("--labelled-weight", type=_positive_float, default=defaults.labelled_weight,
+                       help="m2, m1m2: how many times each labelled image counts in the objective, its bound and "
+                            "classification loss (default: %(default)s, Kingma et al.'s objective; "
+                            "N_unlabelled / N_labelled weighs both parts equally)")
     train.add_argument("--condition", choices=CONDITIONS, default=defaults.condition,
                        help="cvae: what generation is conditioned on (default: %(default)s)")
     train.add_argument("--m1", metavar="RUN_DIR",

@@ -113,6 +113,7 @@ class TrainConfig:
     compile: str = "none"
     labels_per_class: int = 10
     aux_weight: Optional[float] = None
+    labelled_weight: float = 1.0
     condition: str = "label"
     m1: Optional[str] = None
     out: str = "runs/latest"
@@ -156,7 +157,7 @@ class TrainConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 kind = "a positive integer" if least else "an integer, zero or more"
                 raise ConfigError(f"{name.replace('_', '-')} must be {kind}, got {value!r}")
-        for name in ("lr", "weight_decay", "clip_grad_norm", "init_std", "aux_weight"):
+        for name in ("lr", "weight_decay", "clip_grad_norm", "init_std", "aux_weight", "labelled_weight"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise ConfigError(f"{name.replace('_', '-')} must be a number, got {value!r}")
@@ -172,6 +173,8 @@ class TrainConfig:
             raise ConfigError(f"init-std must be positive, got {self.init_std!r}")
         if self.aux_weight is not None and not (self.aux_weight >= 0 and math.isfinite(self.aux_weight)):
             raise ConfigError(f"aux-weight must be zero or positive, got {self.aux_weight!r}")
+        if not (self.labelled_weight > 0 and math.isfinite(self.labelled_weight)):
+            raise ConfigError(f"labelled-weight must be a positive number, got {self.labelled_weight!r}")
         if (self.model == "m1m2") != (self.m1 is not None):
             raise ConfigError("--model m1m2 needs --m1 RUN_DIR, the run directory of a trained vae"
                               if self.m1 is None else f"--m1 is for --model m1m2, not {self.model}")
@@ -254,24 +257,33 @@ def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, 
 
 
 def training_parts(config: TrainConfig, model: VAE, data: ImageData) -> list[tuple]:
-    """The parts of the training data as ``(images, labels or None)``, the largest first.
+    """The parts of the training data as ``(images, labels or None, size)``, the largest first.
 
     An unsupervised model trains on all images; a model that takes labels, on all images with
     their labels; a semi-supervised one on two parts, the images without labels and a
     class-balanced subset of ``labels_per_class`` labelled images per class (seeded by
     :data:`LABELLED_SEED`, the same for every run).
+
+    ``size`` is how many datapoints the part counts as in the objective (the ``num_data`` its
+    minibatches are scaled to): its number of images, times ``labelled_weight`` for the labelled
+    part. Kingma et al.'s objective sums the bounds of all images, each counted once
+    (``labelled_weight = 1``); with 100 labelled images among 60,000 their terms are then 0.17%
+    of it, and ``labelled_weight = N_unlabelled / N_labelled`` gives both parts equal weight.
     """
+    if model.labels != "some" and config.labelled_weight != 1:
+        raise ConfigError(f"--labelled-weight is for the semi-supervised models (m2, m1m2), not {config.model}")
     if model.labels == "none":
-        return [(data.train, None)]
+        return [(data.train, None, len(data.train))]
     if data.train_labels is None:
         raise ConfigError(f"the {config.model} model needs class labels, which {config.dataset} does not have: "
                           "use --dataset mnist" + (" or --condition top-half" if config.model == "cvae" else ""))
     if model.labels == "all":
-        return [(data.train, data.train_labels)]
+        return [(data.train, data.train_labels, len(data.train))]
     labelled = labelled_subset(data.train_labels, config.labels_per_class, LABELLED_SEED).to(data.train.device)
     unlabelled = torch.ones(len(data.train), dtype=torch.bool, device=data.train.device)
     unlabelled[labelled] = False
-    return [(data.train[unlabelled], None), (data.train[labelled], data.train_labels[labelled])]
+    return [(data.train[unlabelled], None, int(unlabelled.sum())),
+            (data.train[labelled], data.train_labels[labelled], len(labelled) * config.labelled_weight)]
 
 
 def environment(device: torch.device) -> dict:
@@ -372,10 +384,10 @@ def _train_processes(config: TrainConfig, checkpoint: Optional[dict], progress: 
 
     def batch(part: tuple, index: torch.Tensor) -> tuple[tuple, int]:
         """This process's share of a minibatch of a data part, as (model arguments, part size)."""
-        x, y = part
+        x, y, size = part
         x_batch = torch.bernoulli(x[index], generator=generator) if dynamic else x[index]
         mine = processes.shard(torch.arange(len(index), device=device))
-        return (x_batch[mine],) if y is None else (x_batch[mine], y[index][mine]), len(x)
+        return (x_batch[mine],) if y is None else (x_batch[mine], y[index][mine]), size
 
     # A private parameter store: the networks register in it under their own names (Pyro's JIT
     # objectives read parameters from it) without touching the caller's global store.

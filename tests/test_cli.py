@@ -57,6 +57,8 @@ def one_line_error(capsys, argv, *fragments):
     (["train", "--objective", "iwae", "--particles", "1"], ["2 particles"]),
     (["train", "--batch-size", "100000", "--epochs", "1"], ["batch-size", "exceeds"]),
     (["train", "--likelihood", "bernoulli", "--binarize", "none"], ["not binary", "--binarize"]),
+    (["train", "--model", "m2", "--labelled-weight", "0"], ["--labelled-weight", "positive number"]),
+    (["train", "--labelled-weight", "2", "--epochs", "1"], ["--labelled-weight", "semi-supervised"]),
     (["frobnicate"], ["invalid choice"]),
     ([], ["required"]),
 ])

@@ -8,10 +8,12 @@ import torch
 from pyro import poutine
 
 from pyro_vae import ConfigError, TrainConfig, load_run, train
-from pyro_vae.datasets import labelled_subset
+from pyro_vae.datasets import ImageData, labelled_subset
 from pyro_vae.importance import log_importance_weights
 from pyro_vae.models import MODELS, build_model
 from pyro_vae.objectives import DISCRETE_LATENTS, MEAN_FIELD_ONLY, OBJECTIVES, check_objective, make_objective
+from pyro_vae.step import ObjectiveLoss
+from pyro_vae.training import training_parts
 
 
 def small(name, **options):
@@ -174,6 +176,26 @@ def test_labelled_subset_is_balanced_and_reproducible():
     assert torch.bincount(labels[chosen]).tolist() == [5, 5, 5, 5]
     with pytest.raises(ConfigError, match="labels-per-class"):
         labelled_subset(labels, 26)
+
+
+def test_labelled_weight_counts_each_labelled_image_that_many_times():
+    labels = torch.arange(30) % 3
+    data = ImageData("toy", binary(30), binary(6), (3, 4), train_labels=labels, test_labels=labels[:6])
+    model = small("m2", aux_weight=2.0)
+    config = TrainConfig(model="m2", labels_per_class=2, labelled_weight=4.5)
+    (unlabelled, _, unlabelled_size), (images, classes, labelled_size) = training_parts(config, model, data)
+    assert (len(unlabelled), unlabelled_size, len(images), labelled_size) == (24, 24, 6, 27.0)
+    # The part's size is what its minibatch loss is scaled to: bound and classification loss alike.
+    loss = ObjectiveLoss(model, make_objective("enum"))
+    losses = []
+    for size in (6, labelled_size):
+        pyro.set_rng_seed(0)
+        losses.append(loss([((images, classes), size)]))
+    assert torch.allclose(losses[1], 4.5 * losses[0])
+    with pytest.raises(ConfigError, match="semi-supervised"):
+        training_parts(config, small("cvae", condition="label"), data)
+    with pytest.raises(ConfigError, match="labelled-weight"):
+        TrainConfig(model="m2", labelled_weight=0.0).resolved()
 
 
 @pytest.mark.parametrize("name, extra, picture", [
