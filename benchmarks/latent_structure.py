@@ -5,7 +5,9 @@ printed as it starts), and collects their ``metrics.json``:
 
 * ``one-layer``: the VAE with Burda et al.'s one-layer network (784-200-200-50, tanh);
 * ``two-layer``: their two-layer network (784-200-200-100-100-100-50,
-  ``--model hierarchical``), same objective (``trace``), optimiser, batch size and epochs;
+  ``--model hierarchical``), same objective, optimiser, batch size and epochs (the objective is
+  ``--objective``, ``trace`` by default; with another one, such as ``--objective iwae
+  --objective-particles 5``, the runs and results are named ``one-layer-iwae5`` and so on);
 * ``m2``: Kingma et al.'s M2 with 10 labels per class (``--model m2``, ``enum``), reporting the
   test accuracy of its classifier q(y|x);
 * ``m1``: a VAE with a 50-dimensional code behind two hidden layers of 600 softplus units, and
@@ -32,7 +34,7 @@ RESULTS = Path(__file__).parent / "results"
 def configurations(args) -> dict:
     common = dict(dataset="mnist", data_dir=args.data_dir, device=args.device, seed=args.seed,
                   eval_every=args.eval_every, eval_particles=args.particles)
-    layered = dict(common, objective="trace", epochs=args.epochs)
+    layered = dict(common, objective=args.objective, particles=args.objective_particles, epochs=args.epochs)
     return {
         "one-layer": TrainConfig(model="vae", latent_dim=50, hidden_dims=[200, 200], **layered),
         "two-layer": TrainConfig(model="hierarchical", latent_dim=100, hidden_dims=[200, 200], **layered),
@@ -60,6 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PYRO_VAE_DATA)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of the one- and two-layer models")
+    parser.add_argument("--objective", default="trace", help="objective of the one- and two-layer models")
+    parser.add_argument("--objective-particles", type=int, default=0,
+                        help="particles of that objective (default: its own default)")
     parser.add_argument("--m2-epochs", type=int, default=30, help="epochs of M2 and of M1 + M2")
     parser.add_argument("--m1-epochs", type=int, default=100, help="epochs of M1")
     parser.add_argument("--particles", type=int, default=1000, help="K of the test log-likelihood")
@@ -77,6 +82,8 @@ def main() -> None:
     for name, config in configurations(args).items():
         if args.only and name not in args.only:
             continue
+        if name in ("one-layer", "two-layer") and args.objective != "trace":
+            name += f"-{args.objective}{args.objective_particles or ''}"
         config.out = str(Path(args.runs) / name)
         metrics_file = Path(config.out) / "metrics.json"
         print(command(config), flush=True)
