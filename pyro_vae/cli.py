@@ -134,12 +134,17 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="estimate test ELBO and log-likelihood of a trained run",
                                    description="Estimate the test ELBO and the importance-sampled test log p(x) "
-                                               "of a run; prints them and writes RUN_DIR/evaluation.json.")
+                                               "of a run; prints them and writes RUN_DIR/evaluation.json. With "
+                                               "--compare, also the paired difference of test log p(x) from "
+                                               "another run on the same test images.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'pyro-vae train'")
     evaluate.add_argument("--particles", type=_positive_int, default=5000, help="K importance samples per datapoint (default: %(default)s)")
     evaluate.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
+    evaluate.add_argument("--compare", metavar="OTHER_RUN",
+                          help="another run on the same test images: print RUN_DIR's test log p(x) minus "
+                               "OTHER_RUN's, with the standard error of the per-image differences")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -174,6 +179,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     import pyro
+    import torch
 
     from . import evaluation
     from .checkpoint import write_json
@@ -181,9 +187,17 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     model, config, _ = load_run(args.run_dir, args.device, args.data_dir)
     data, _, _ = prepare_data(config, resolve_device(args.device))
+    if args.compare is not None:  # checked before any work
+        other, other_config, _ = load_run(args.compare, args.device, args.data_dir)
+        other_data, _, _ = prepare_data(other_config, resolve_device(args.device))
+        if other_data.test.shape != data.test.shape or not torch.equal(other_data.test, data.test):
+            raise ConfigError(f"--compare {args.compare}: its test images differ from {args.run_dir}'s "
+                              f"({other_config.dataset}, binarize {other_config.binarize} against "
+                              f"{config.dataset}, binarize {config.binarize}); compare runs on the same data")
     pyro.set_rng_seed(args.seed)
     test = model.inputs(data.test, data.test_labels)
     test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet)
+    pyro.set_rng_seed(args.seed)  # the same draws for log p(x) as for a compared run's
     test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet)
     result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed}
     summary = {"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}
@@ -192,6 +206,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     if hasattr(model, "classify"):
         result["test_accuracy"] = summary["test_accuracy"] = evaluation.accuracy(model, data.test, data.test_labels)
         print(f"test accuracy  {result['test_accuracy']:.4f}")
+    if args.compare is not None:
+        pyro.set_rng_seed(args.seed)
+        other_ll = evaluation.log_likelihood(other.model, other.guide, other.inputs(other_data.test, other_data.test_labels),
+                                             args.particles, progress=not args.quiet)
+        difference = evaluation.paired_difference(test_ll, other_ll)
+        result["compared_with"] = {"run": str(Path(args.compare).resolve()), "test_log_likelihood": other_ll.as_dict(),
+                                   "difference": difference.as_dict()}
+        summary["test_log_likelihood_difference"] = difference.mean
+        print(f"other run      {other_ll}")
+        print(f"difference     {difference} (this run minus the other, paired by test image)")
     write_json(Path(args.run_dir) / "evaluation.json", result)
     print(json.dumps(summary))
 

@@ -72,3 +72,13 @@ def test_chunks_over_particles_and_datapoints_combine_exactly(monkeypatch, chunk
     used.clear()
     assert evaluation.elbo(None, None, x, num_particles, chunk_size=chunk_size).mean == pytest.approx(
         table.mean().item(), abs=1e-12)
+
+
+def test_paired_difference_needs_estimates_of_the_same_datapoints():
+    a = evaluation.Estimate(1.0, 0.1, 5, 3, torch.tensor([1.0, 2.0, 0.0]))
+    b = evaluation.Estimate(0.5, 0.1, 7, 3, torch.tensor([0.5, 1.5, -0.5]))
+    difference = evaluation.paired_difference(a, b)
+    assert (difference.mean, difference.stderr, difference.num_particles) == (0.5, 0.0, 5)
+    with pytest.raises(evaluation.ConfigError, match="same datapoints"):
+        evaluation.paired_difference(a, evaluation.Estimate(0.5, 0.1, 5, 2, torch.tensor([0.5, 1.5])))
+    assert "values" not in a.as_dict()

@@ -3,7 +3,6 @@
 import warnings
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 
