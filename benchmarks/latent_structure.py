@@ -9,7 +9,9 @@ printed as it starts), and collects their ``metrics.json``:
   ``--objective``, ``trace`` by default; with another one, such as ``--objective iwae
   --objective-particles 5``, the runs and results are named ``one-layer-iwae5`` and so on);
 * ``m2``: Kingma et al.'s M2 with 10 labels per class (``--model m2``, ``enum``), reporting the
-  test accuracy of its classifier q(y|x);
+  test accuracy of its classifier q(y|x); its 100 labelled images count 599 times each
+  (``--labelled-weight 599``, ``--m2-labelled-weight``), so that they weigh as much as the
+  59,900 unlabelled ones;
 * ``m1``: a VAE with a 50-dimensional code behind two hidden layers of 600 softplus units, and
   ``m1m2``: M2 (z of 10) with the same 100 labels stacked on it (``--model m1m2 --m1 RUNS/m1``,
   Kingma et al.'s M1 + M2).
@@ -38,7 +40,8 @@ def configurations(args) -> dict:
     return {
         "one-layer": TrainConfig(model="vae", latent_dim=50, hidden_dims=[200, 200], **layered),
         "two-layer": TrainConfig(model="hierarchical", latent_dim=100, hidden_dims=[200, 200], **layered),
-        "m2": TrainConfig(model="m2", labels_per_class=10, epochs=args.m2_epochs, **common),
+        "m2": TrainConfig(model="m2", labels_per_class=10, labelled_weight=args.m2_labelled_weight,
+                          epochs=args.m2_epochs, **common),
         "m1": TrainConfig(model="vae", latent_dim=50, hidden_dims=[600, 600], activation="softplus",
                           epochs=args.m1_epochs, **common),
         "m1m2": TrainConfig(model="m1m2", m1=str(Path(args.runs) / "m1"), latent_dim=10, labels_per_class=10,
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--objective-particles", type=int, default=0,
                         help="particles of that objective (default: its own default)")
     parser.add_argument("--m2-epochs", type=int, default=30, help="epochs of M2 and of M1 + M2")
+    parser.add_argument("--m2-labelled-weight", type=float, default=599.0,
+                        help="how many times each labelled image counts in M2's objective")
     parser.add_argument("--m1-epochs", type=int, default=100, help="epochs of M1")
     parser.add_argument("--particles", type=int, default=1000, help="K of the test log-likelihood")
     parser.add_argument("--eval-every", type=int, default=5)
