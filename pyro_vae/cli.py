@@ -197,7 +197,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     pyro.set_rng_seed(args.seed)
     test = model.inputs(data.test, data.test_labels)
     test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet)
-    pyro.set_rng_seed(args.seed)  # the same draws for log p(x) as for a compared run's
+    rng_state = pyro.util.get_rng_state()  # to give a compared run the same draws for log p(x)
     test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet)
     result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed}
     summary = {"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}
@@ -207,7 +207,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         result["test_accuracy"] = summary["test_accuracy"] = evaluation.accuracy(model, data.test, data.test_labels)
         print(f"test accuracy  {result['test_accuracy']:.4f}")
     if args.compare is not None:
-        pyro.set_rng_seed(args.seed)
+        pyro.util.set_rng_state(rng_state)
         other_ll = evaluation.log_likelihood(other.model, other.guide, other.inputs(other_data.test, other_data.test_labels),
                                              args.particles, progress=not args.quiet)
         difference = evaluation.paired_difference(test_ll, other_ll)
