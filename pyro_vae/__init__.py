@@ -19,7 +19,7 @@ Where things are:
 
 from .datasets import ImageData, load_dataset
 from .diagnostics import bound_gap, gradient_statistics, parameter_groups, seconds_per_step
-from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted
 from .estimators import DoublyReparameterizedELBO, StickingTheLandingELBO, TailAdaptiveELBO, TraceGraphELBO
 from .evaluation import elbo, log_likelihood
 from .importance import log_importance_weights
@@ -37,7 +37,7 @@ __all__ = [
     "BernoulliLikelihood", "CheckpointError", "ConditionalVAE", "ConfigError", "DataError",
     "DoublyReparameterizedELBO", "GaussianEncoder", "GaussianLikelihood", "HierarchicalVAE", "ImageData",
     "ImportanceWeightedELBO", "MLP", "MODELS", "OBJECTIVES", "PyroVAEError", "Run", "SemiSupervisedVAE",
-    "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig", "TrainingError", "VAE",
+    "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig", "TrainingError", "TrainingInterrupted", "VAE",
     "bound_gap", "build_model", "build_vae", "elbo", "gradient_statistics", "load_dataset", "load_run",
     "log_importance_weights", "log_likelihood", "make_objective", "parameter_groups", "resume",
     "seconds_per_step", "train",

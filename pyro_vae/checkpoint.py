@@ -27,18 +27,29 @@ os.umask(_UMASK)
 
 
 def _write_atomically(path: os.PathLike, write: Callable[[Any], None], mode: str) -> None:
+    """Write ``path`` through a temporary file; on any failure the old ``path`` is left as it was.
+
+    An operating-system error (a full disk, a folder that cannot be written) becomes a
+    :class:`CheckpointError` saying so.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from a team
         with os.fdopen(handle, mode) as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            raise CheckpointError(f"could not write {path} ({error.strerror or error}): {kept}; free disk space "
+                                  "or make the folder writable, then resume") from None
         raise
 
 

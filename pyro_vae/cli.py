@@ -2,17 +2,19 @@
 
 Bad input of any kind (unknown names, impossible sizes, missing or corrupt data, a foreign
 checkpoint) ends the command with one line on standard error naming the problem and what to do,
-and exit status 2.
+and exit status 2. A training stopped by SIGTERM or Ctrl-C (SIGINT) saves a checkpoint at the next
+step boundary and exits with 128 + the signal's number (143, 130); ``--resume`` continues it exactly.
 """
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .datasets import BINARIZATIONS, DATASETS
-from .errors import ConfigError, PyroVAEError
+from .errors import ConfigError, PyroVAEError, TrainingInterrupted
 from .likelihoods import LIKELIHOODS
 from .models import CONDITIONS, MODELS
 from .networks import ACTIVATIONS
@@ -30,33 +32,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type, positive: bool):
+    """``text`` parsed as an ``int`` or ``float`` first, then checked: finite, and > 0 or >= 0."""
+    noun = "integer" if kind is int else "number"
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an' if kind is int else 'a'} {noun}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise argparse.ArgumentTypeError(f"{text} is not {'a positive' if positive else 'zero or a positive'} {noun}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, positive=True)
 
 
 def _non_negative_int(text: str) -> int:
-    value = _positive_int(text) if text.strip() != "0" else 0
-    return value
+    return _number(text, int, positive=False)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
+    return _number(text, float, positive=True)
 
 
 def _non_negative_float(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0.0") else _positive_float(text)
+    return _number(text, float, positive=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="L2 penalty on the parameters; since the loss sums over the whole training set, 1 is the paper's N(0, I) prior (default: %(default)s)")
     train.add_argument("--init-std", type=_positive_float,
                        help="draw all parameters from N(0, std^2); the paper used 0.01 (default: PyTorch's init)")
-    train.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
+    train.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="(default: %(default)s)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="(default: %(default)s)")
     train.add_argument("--eval-every", type=_positive_int, default=defaults.eval_every,
                        help="epochs between evaluations and checkpoints (default: %(default)s)")
@@ -126,7 +127,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="cvae: what generation is conditioned on (default: %(default)s)")
     train.add_argument("--m1", metavar="RUN_DIR",
                        help="m1m2: the run directory of a trained vae (M1) whose codes M2 generates")
-    train.add_argument("--out", default=defaults.out, help="run directory (default: %(default)s)")
+    train.add_argument("--out", default=defaults.out,
+                       help="run directory; one that holds a run is refused unless --overwrite (default: a fresh "
+                            "folder runs/DATASET-MODEL-DATE-TIME, printed)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out: its files (checkpoint, history, metrics, pictures) are "
+                            "deleted first")
+    train.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
+                       help="also save a checkpoint every STEPS training steps inside an epoch, for long epochs "
+                            "(default: at each evaluation, and when stopped by SIGTERM or Ctrl-C)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue RUN_DIR from its last checkpoint with its own configuration "
                             "(only --epochs and --data-dir may be given with it)")
@@ -141,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--particles", type=_positive_int, default=5000, help="K importance samples per datapoint (default: %(default)s)")
     evaluate.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)")
+    evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the importance samples (default: %(default)s)")
     evaluate.add_argument("--compare", metavar="OTHER_RUN",
                           help="another run on the same test images: print RUN_DIR's test log p(x) minus "
                                "OTHER_RUN's, with the standard error of the per-image differences")
@@ -149,24 +158,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESUME_OPTIONS = ("epochs", "data_dir")
+RESUME_OPTIONS = ("epochs", "data_dir", "checkpoint_every")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import resume, train
+    from . import rundir
+    from .training import DEFAULT_RUNS, resume, train
 
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "quiet", "resume")}
+    options = {key: value for key, value in vars(args).items()
+               if key not in ("command", "quiet", "resume", "overwrite")}
     if args.resume is None:
-        run = train(TrainConfig(**options), progress=not args.quiet)
+        config = TrainConfig(**options)
+        if config.out is None:
+            config.out = str(rundir.fresh_folder(DEFAULT_RUNS, f"{config.dataset}-{config.model}"))
+            print(f"pyro-vae train: writing the run to {config.out}", file=sys.stderr)
+        run = train(config, progress=not args.quiet, overwrite=args.overwrite)
     else:
         defaults = TrainConfig()  # the command's defaults are the configuration's
         clashing = [key for key, value in options.items()
                     if key not in RESUME_OPTIONS and value != getattr(defaults, key)]
+        clashing += ["overwrite"] if args.overwrite else []
         if clashing:
             flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
             raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} "
-                              "(only --epochs and --data-dir may be given)")
-        run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet)
+                              "(only --epochs, --data-dir and --checkpoint-every may be given)")
+        run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet,
+                     checkpoint_every=args.checkpoint_every)
     metrics = run.metrics
     if not metrics:  # a process other than rank 0 of a distributed run
         return
@@ -227,6 +244,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PyroVAEError as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingInterrupted as stopped:
+        print(f"pyro-vae {args.command}: {stopped}", file=sys.stderr)
+        return 128 + stopped.signal_number
     except KeyboardInterrupt:
         print(f"pyro-vae {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
         return 130

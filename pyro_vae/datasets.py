@@ -216,17 +216,62 @@ def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator
     yield from order.split(batch_size)
 
 
+def draw_batch(x: torch.Tensor, index: torch.Tensor, generator: torch.Generator,
+               dynamic_binarization: bool = False) -> torch.Tensor:
+    """The rows ``index`` of ``x``; with ``dynamic_binarization`` a fresh Bernoulli draw of their grey
+    levels from ``generator`` (the training loop's batches)."""
+    batch = x[index]
+    return torch.bernoulli(batch, generator=generator) if dynamic_binarization else batch
+
+
 def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
                 dynamic_binarization: bool = False, drop_last: bool = False) -> Iterator[torch.Tensor]:
     """One epoch of shuffled minibatches of the rows of ``x``, indexed on ``x``'s device.
 
-    Batches are as :func:`minibatch_indices` draws them. With ``dynamic_binarization`` each batch
-    is a fresh Bernoulli draw of its grey levels. The order and the draws come from ``generator``
-    (which must live on ``x``'s device), so a seeded generator reproduces them exactly.
+    Batches are as :func:`minibatch_indices` draws them and :func:`draw_batch` takes them. The
+    order and the draws come from ``generator`` (which must live on ``x``'s device), so a seeded
+    generator reproduces them exactly.
     """
     for batch_index in minibatch_indices(len(x), batch_size, generator, drop_last):
-        batch = x[batch_index]
-        yield torch.bernoulli(batch, generator=generator) if dynamic_binarization else batch
+        yield draw_batch(x, batch_index, generator, dynamic_binarization)
+
+
+class IndexCycle:
+    """Index batches into ``num_data`` rows without end, reshuffled from ``generator`` after every pass.
+
+    It draws exactly what :func:`minibatch_indices` draws, pass after pass, and its position
+    (:meth:`state`, :meth:`restore`) can be saved in a checkpoint, so that a run stopped in the
+    middle of a pass continues with the same batches.
+    """
+
+    def __init__(self, num_data: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
+        self.num_data, self.batch_size, self.generator, self.drop_last = num_data, batch_size, generator, drop_last
+        self.order: Optional[torch.Tensor] = None
+        self.position = 0
+
+    @property
+    def batches_per_pass(self) -> int:
+        full, rest = divmod(self.num_data, self.batch_size)
+        return full + (rest > 0 and not self.drop_last)
+
+    def __iter__(self) -> "IndexCycle":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.order is None or self.position >= len(self.order):
+            self.order = torch.randperm(self.num_data, generator=self.generator, device=self.generator.device)
+            if self.drop_last:
+                self.order = self.order[: len(self.order) - len(self.order) % self.batch_size]
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return index
+
+    def state(self) -> dict:
+        return {"order": self.order, "position": self.position}
+
+    def restore(self, state: dict) -> None:
+        self.order, self.position = state["order"], state["position"]
 
 
 def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:

@@ -57,12 +57,25 @@ class Processes:
             return loss
         return DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def gather(self, value) -> list:
+        """Every process's ``value`` (any picklable object), in rank order; all processes must call it."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def max(self, value: torch.Tensor) -> int:
         """The largest of a 0-dim integer tensor across processes, on the host (a sync)."""
         if self.distributed:
             value = value.clone()
             dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return int(value.item())
+
+
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 outside ``torchrun``), before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def start(device: torch.device, batch_size: int) -> tuple[Processes, torch.device]:

@@ -24,3 +24,15 @@ class CheckpointError(PyroVAEError, RuntimeError):
 
 class TrainingError(PyroVAEError, RuntimeError):
     """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped at a step boundary on a signal (SIGTERM, SIGINT), after saving a checkpoint.
+
+    Not a :class:`PyroVAEError`: nothing was wrong with the input. ``signal_number`` is the signal;
+    the command line exits with ``128 + signal_number``, as a shell reports a process ended by it.
+    """
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number

@@ -35,28 +35,32 @@ images (all of them for Frey Face), the test ELBO on the whole test set, each wi
 per datapoint.
 """
 
+import contextlib
 import math
 import platform
+import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional, Sequence
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, evaluation, plots
+from . import distributed, evaluation, plots, rundir
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .datasets import (BINARIZATIONS, DATASETS, ImageData, binarize_once, labelled_subset, load_dataset, minibatch_indices,
-                       prepare_binarization)
-from .errors import ConfigError, TrainingError
+from .datasets import (BINARIZATIONS, DATASETS, ImageData, IndexCycle, binarize_once, draw_batch, labelled_subset,
+                       load_dataset, prepare_binarization)
+from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .likelihoods import LIKELIHOODS
 from .models import CONDITIONS, MODELS, VAE
 from .models import build_model as build_named_model
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES, check_objective, make_objective
 from .step import COMPILE_MODES, ObjectiveLoss, TrainingStep, make_optimizer
+from .stopping import StopSignals
 
 TRAIN_EVAL_SIZE = 10_000
 TRAIN_EVAL_SEED = 0
@@ -64,6 +68,7 @@ LABELLED_SEED = 0
 TRAIN_SUBSET_SEED = 0
 OPTIMIZERS = ("adam", "adagrad")
 NUM_CLASSES = 10  # MNIST's digits: the classes of the labelled models
+DEFAULT_RUNS = Path("runs")  # where a run without an ``out`` gets a fresh folder
 
 #: Settings that depend on the model when left unset, before the data set's: Burda et al.'s
 #: two-layer network (200-200 units to h1 of 100, 100-100 to h2 of 50) and Kingma et al. (2014)'s
@@ -116,7 +121,8 @@ class TrainConfig:
     labelled_weight: float = 1.0
     condition: str = "label"
     m1: Optional[str] = None
-    out: str = "runs/latest"
+    checkpoint_every: Optional[int] = None
+    out: Optional[str] = None
 
     def resolved(self) -> "TrainConfig":
         """A copy with the data set's defaults filled in, checked for consistency."""
@@ -175,9 +181,15 @@ class TrainConfig:
             raise ConfigError(f"aux-weight must be zero or positive, got {self.aux_weight!r}")
         if not (self.labelled_weight > 0 and math.isfinite(self.labelled_weight)):
             raise ConfigError(f"labelled-weight must be a positive number, got {self.labelled_weight!r}")
+        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int)
+                                                  or isinstance(self.checkpoint_every, bool) or self.checkpoint_every < 1):
+            raise ConfigError(f"checkpoint-every must be a positive integer, got {self.checkpoint_every!r}")
         if (self.model == "m1m2") != (self.m1 is not None):
             raise ConfigError("--model m1m2 needs --m1 RUN_DIR, the run directory of a trained vae"
                               if self.m1 is None else f"--m1 is for --model m1m2, not {self.model}")
+        if self.data_dir is not None and Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
+            raise ConfigError(f"--data-dir {self.data_dir} is a file, not a folder: pass the folder that holds "
+                              "MNIST/raw or FreyFace/frey_rawface.mat")
         make_objective(self.objective, self.particles)  # checks the particle count
 
     @classmethod
@@ -195,9 +207,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: TrainConfig, data_dim: int, image_shape=(28, 28), num_data: Optional[int] = None) -> VAE:
+def build_model(config: TrainConfig, data_dim: int, image_shape=(28, 28), num_data: Optional[int] = None,
+                m1: Optional[VAE] = None) -> VAE:
     """The model a (resolved) configuration describes, for data of ``num_data`` training images.
 
+    ``m1`` is the trained VAE that ``m1m2`` stacks on (:func:`load_m1`, :func:`rebuild_m1`).
     M2's auxiliary weight defaults to Kingma et al.'s alpha = 0.1 * N spread over the N_l
     labelled images: ``0.1 * num_data / N_l`` per labelled image.
     """
@@ -205,23 +219,40 @@ def build_model(config: TrainConfig, data_dim: int, image_shape=(28, 28), num_da
     aux_weight = config.aux_weight
     if aux_weight is None:
         aux_weight = 0.1 * (num_data or num_labelled) / num_labelled
-    m1 = None if config.m1 is None else load_m1(config)
     return build_named_model(config.model, data_dim, config.latent_dim, config.hidden_dims, config.likelihood,
                              config.activation, config.init_std, num_classes=NUM_CLASSES, aux_weight=aux_weight,
                              condition=config.condition, image_shape=image_shape, m1=m1)
 
 
-def load_m1(config: TrainConfig) -> VAE:
-    """The trained VAE of the run directory ``config.m1``, on which ``m1m2`` stacks M2."""
+def load_m1(config: TrainConfig) -> tuple[VAE, dict]:
+    """The trained VAE of the run directory ``config.m1``, on which ``m1m2`` stacks M2, and the
+    record from which :func:`rebuild_m1` rebuilds it (kept in the m1m2 checkpoint, whose model state
+    holds M1's weights: an m1m2 run does not need M1's folder once it has started)."""
     if not (Path(config.m1) / "checkpoint.pt").is_file():
         raise ConfigError(f"--m1 {config.m1}: no checkpoint.pt there; train M1 first with "
                           f"'pyro-vae train --model vae --dataset {config.dataset} --out {config.m1}'")
-    m1, m1_config, _ = load_run(config.m1, data_dir=config.data_dir)
+    m1, m1_config, checkpoint = load_run(config.m1, data_dir=config.data_dir)
     if m1_config.model != "vae" or m1_config.dataset != config.dataset or m1_config.likelihood != config.likelihood:
         raise ConfigError(f"--m1 {config.m1} is a {m1_config.model} with a {m1_config.likelihood} likelihood on "
                           f"{m1_config.dataset}: M1 must be a vae trained on {config.dataset} with a "
                           f"{config.likelihood} likelihood")
-    return m1
+    return m1, {key: checkpoint.get(key) for key in ("config", "data_dim", "image_shape", "num_data")}
+
+
+def rebuild_m1(record: dict) -> VAE:
+    """M1's network as :func:`load_m1`'s record describes it, with untrained weights."""
+    config = TrainConfig.from_dict(record["config"])
+    config.data_dir = None  # not read: only the architecture is rebuilt
+    return build_model(config.resolved(), record["data_dim"], tuple(record["image_shape"]), record["num_data"])
+
+
+def _stacked_on(config: TrainConfig, checkpoint: Optional[dict]) -> tuple[Optional[VAE], Optional[dict]]:
+    """``m1m2``'s M1 and its record: from the checkpoint where it has one, else from ``--m1``."""
+    if config.model != "m1m2":
+        return None, None
+    if checkpoint is not None and checkpoint.get("m1") is not None:
+        return rebuild_m1(checkpoint["m1"]), checkpoint["m1"]
+    return load_m1(config)
 
 
 def prepare_data(config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, tuple]:
@@ -309,25 +340,41 @@ class Run:
     out: Optional[Path] = None
 
 
-def train(config: TrainConfig, progress: bool = True) -> Run:
-    """Train a model as ``config`` says and write its run directory ``config.out``."""
-    return _fit(config.resolved(), None, progress)
+def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> Run:
+    """Train a model as ``config`` says and write its run directory ``config.out``.
+
+    ``config.out = None`` writes to a fresh folder under ``runs/``. A folder that holds a run
+    already is refused unless ``overwrite``, which deletes that run's files first
+    (:mod:`pyro_vae.rundir`). On SIGTERM or SIGINT training stops at the next step with a
+    checkpoint from which :func:`resume` continues exactly, and :class:`TrainingInterrupted` is raised.
+    """
+    config = config.resolved()
+    if config.out is None:
+        config.out = str(rundir.fresh_folder(DEFAULT_RUNS, f"{config.dataset}-{config.model}").resolve())
+    if distributed.launched_rank() == 0:  # the other processes start once rank 0 may have written
+        rundir.check_new_run(config.out, overwrite)
+    _stacked_on(config, None)  # a missing or unsuitable --m1 is refused before any data is loaded
+    return _fit(config, None, progress, overwrite)
 
 
-def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None,
-           progress: bool = True) -> Run:
+def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None, progress: bool = True,
+           checkpoint_every: Optional[int] = None) -> Run:
     """Continue the run in ``run_dir`` from its last checkpoint, up to ``epochs`` (default: as configured).
 
-    The checkpoint holds the model and optimizer states, the history and every random state (the
-    global torch generator that Pyro samples from and the generator of minibatch order and
-    binarization draws), so on the same device type the resumed run ends exactly as an
-    uninterrupted run with the same configuration would (apart from wall times).
+    The checkpoint holds the model and optimizer states, the history, every process's random
+    states (the global torch generator that Pyro samples from, and the generator of minibatch order
+    and binarization draws) and, for a run stopped mid-epoch, the epoch's order and step, so on the
+    same device type and number of processes the resumed run ends exactly as an uninterrupted run
+    with the same configuration would (apart from wall times). ``checkpoint_every`` replaces the
+    run's own setting.
     """
     checkpoint = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = TrainConfig.from_dict(checkpoint["config"])
     config.out = str(run_dir)
     if data_dir is not None:
         config.data_dir = data_dir
+    if checkpoint_every is not None:
+        config.checkpoint_every = checkpoint_every
     if epochs is not None:
         if epochs < checkpoint["epoch"]:
             raise ConfigError(f"{run_dir} already trained {checkpoint['epoch']} epochs: pass --epochs "
@@ -336,11 +383,16 @@ def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None
     return _fit(config.resolved(), checkpoint, progress)
 
 
-def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool) -> Run:
+def _fit(config: TrainConfig, checkpoint: Optional[dict], progress: bool, overwrite: bool = False) -> Run:
     out = Path(config.out)
     processes, device = distributed.start(resolve_device(config.device), config.batch_size)
     try:
-        return _train_processes(config, checkpoint, progress, processes, device, out)
+        with contextlib.ExitStack() as stack:
+            if processes.main:
+                stack.enter_context(rundir.RunLock(out))
+                if checkpoint is None and overwrite:
+                    rundir.clear_run(out)
+            return _train_processes(config, checkpoint, progress, processes, device, out)
     finally:
         distributed.stop(processes)
 
@@ -349,7 +401,8 @@ def _train_processes(config: TrainConfig, checkpoint: Optional[dict], progress: 
                      processes: distributed.Processes, device: torch.device, out: Path) -> Run:
     pyro.set_rng_seed(config.seed)
     data, dynamic, train_eval = prepare_data(config, device)
-    model = build_model(config, data.data_dim, data.image_shape, len(data.train)).to(device)
+    m1, m1_record = _stacked_on(config, checkpoint)
+    model = build_model(config, data.data_dim, data.image_shape, len(data.train), m1).to(device)
     check_objective(config.objective, model)
     parts = training_parts(config, model, data)
     objective = make_objective(config.objective, config.particles)
@@ -359,70 +412,106 @@ def _train_processes(config: TrainConfig, checkpoint: Optional[dict], progress: 
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.
-    compiled = config.objective.startswith("jit")
-    main_size = len(parts[0][0])
-    steps_per_epoch = main_size // config.batch_size if compiled else math.ceil(main_size / config.batch_size)
+    main_batches = IndexCycle(len(parts[0][0]), config.batch_size, generator, config.objective.startswith("jit"))
+    steps_per_epoch = main_batches.batches_per_pass
     history: list[dict] = []
-    first_epoch, samples_seen, seconds_before = 1, 0, 0.0
+    first_epoch, first_step, samples_seen, seconds_before = 1, 0, 0, 0.0
+    position = None
     if checkpoint is not None:
         first_epoch, samples_seen, history = checkpoint["epoch"] + 1, checkpoint["samples_seen"], checkpoint["history"]
-        seconds_before = history[-1]["seconds"] if history else 0.0
-        _restore(checkpoint, model, optimizer, generator, device)
+        seconds_before = checkpoint.get("seconds", history[-1]["seconds"] if history else 0.0)
+        position = checkpoint.get("position")
+        _restore(checkpoint, model, optimizer, generator, device, processes)
     elif processes.main:
         write_json(out / "config.json", {"config": asdict(config), "environment": environment(device)})
-    if processes.rank > 0:  # its own draws of z; the data generator stays shared
-        pyro.set_rng_seed(config.seed + 7919 * processes.rank + first_epoch)
+    if checkpoint is None and processes.rank > 0:  # its own draws of z; the data generator stays shared
+        pyro.set_rng_seed(config.seed + 7919 * processes.rank + 1)
     start = time.perf_counter() - seconds_before
 
-    def state(epoch: int) -> dict:
-        return {"config": asdict(config), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
-                "num_data": num_data, "device_type": device.type,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "samples_seen": samples_seen, "history": history,
-                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}}
+    def save(epoch: int, step: int = 0, others: Sequence[IndexCycle] = (), total_loss: float = 0.0) -> None:
+        """A checkpoint after ``step`` steps of epoch ``epoch + 1`` (0: at the end of epoch ``epoch``)."""
+        random_states = processes.gather({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device)
+                                          if device.type == "cuda" else torch.zeros(0, dtype=torch.uint8)})
+        if not processes.main:
+            return
+        state = {"config": asdict(config), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
+                 "num_data": num_data, "device_type": device.type, "world_size": processes.world_size,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "m1": m1_record,
+                 "epoch": epoch, "samples_seen": samples_seen, "history": history,
+                 "seconds": time.perf_counter() - start,
+                 "rng": {**random_states[0], "generator": generator.get_state(), "ranks": random_states}}
+        if step:
+            state["position"] = {"step": step, "main": main_batches.state(), "others": [o.state() for o in others],
+                                 "total_loss": total_loss}
+        save_checkpoint(out / "checkpoint.pt", state)
 
     def batch(part: tuple, index: torch.Tensor) -> tuple[tuple, int]:
         """This process's share of a minibatch of a data part, as (model arguments, part size)."""
         x, y, size = part
-        x_batch = torch.bernoulli(x[index], generator=generator) if dynamic else x[index]
+        x_batch = draw_batch(x, index, generator, dynamic)
         mine = processes.shard(torch.arange(len(index), device=device))
         return (x_batch[mine],) if y is None else (x_batch[mine], y[index][mine]), size
 
+    def stop_requested(signals: StopSignals) -> int:
+        """The signal that asked every process to stop, or 0 (a sync across processes when distributed)."""
+        return processes.max(torch.tensor(signals.signal or 0)) if processes.distributed else (signals.signal or 0)
+
     # A private parameter store: the networks register in it under their own names (Pyro's JIT
     # objectives read parameters from it) without touching the caller's global store.
-    with pyro.get_param_store().scope(), tqdm(total=config.epochs * steps_per_epoch,
-                                              initial=(first_epoch - 1) * steps_per_epoch,
-                                              desc=f"{config.dataset} {config.model} {config.objective}",
-                                              unit="step", disable=not (progress and processes.main)) as bar:
+    with pyro.get_param_store().scope(), StopSignals() as signals, \
+            tqdm(total=config.epochs * steps_per_epoch, initial=(first_epoch - 1) * steps_per_epoch,
+                 desc=f"{config.dataset} {config.model} {config.objective}", unit="step",
+                 disable=not (progress and processes.main)) as bar:
         for epoch in range(first_epoch, config.epochs + 1):
             total_loss = torch.zeros((), device=device)
             first_bad_step = torch.zeros((), dtype=torch.long, device=device)
             # The first part sets the epoch; the others (labelled images) are cycled alongside it.
-            others = [_cycle(len(part[0]), min(config.batch_size, len(part[0])), generator) for part in parts[1:]]
-            for step, index in enumerate(minibatch_indices(main_size, config.batch_size, generator, compiled), 1):
-                batches = [batch(parts[0], index)] + [batch(part, next(indices)) for part, indices in zip(parts[1:], others)]
+            others = [IndexCycle(len(part[0]), min(config.batch_size, len(part[0])), generator) for part in parts[1:]]
+            first_step = 0
+            if position is not None:  # continue the epoch a stopped run was in
+                first_step = position["step"]
+                main_batches.restore(position["main"])
+                for cycle, state in zip(others, position["others"]):
+                    cycle.restore(state)
+                total_loss += position["total_loss"]
+                bar.update(first_step)
+                position = None
+            for step in range(first_step + 1, steps_per_epoch + 1):
+                index = next(main_batches)
+                batches = [batch(parts[0], index)] + [batch(part, next(cycle)) for part, cycle in zip(parts[1:], others)]
                 loss, finite = step_fn(batches)
                 total_loss += loss
                 samples_seen += len(index) + sum(min(config.batch_size, len(part[0])) for part in parts[1:])
                 # Recorded on the device, read at the next sync: no host sync per step.
                 first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
                 bar.update()
-                if step % 50 == 0 or step == steps_per_epoch:
+                at_sync = step % 50 == 0 or step == steps_per_epoch
+                if at_sync:
                     bad_step = processes.max(first_bad_step)
                     if bad_step:
                         raise TrainingError(
                             f"the loss or its gradient became non-finite in epoch {epoch} at step {bad_step}: "
                             f"lower --lr or set --clip-grad-norm; the last good checkpoint is kept in {out}")
                     bar.set_postfix(epoch=epoch, objective=f"{-total_loss.item() / step / num_data:.2f}")
-            if processes.main and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                if step < steps_per_epoch:
+                    stop = stop_requested(signals) if at_sync or not processes.distributed else 0
+                    if stop or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                        save(epoch - 1, step, others, total_loss.item())
+                    if stop:
+                        raise _interrupted(stop, out, f"epoch {epoch}, after step {step} of {steps_per_epoch}")
+            evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
+            if processes.main and evaluated:
                 record = {"epoch": epoch, "samples_seen": samples_seen, **evaluate(model, train_eval, "train"),
                           **evaluate(model, (data.test, data.test_labels), "test"),
                           "seconds": time.perf_counter() - start}
                 history.append(record)
                 bar.set_postfix(epoch=epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
-                save_checkpoint(out / "checkpoint.pt", state(epoch))
                 write_json(out / "history.json", history)
+            stop = stop_requested(signals)
+            if evaluated or stop:
+                save(epoch)
+            if stop:
+                raise _interrupted(stop, out, f"the end of epoch {epoch}")
     training_seconds = time.perf_counter() - start
     if not processes.main:
         return Run(model, config, data, history, {}, out)
@@ -440,10 +529,9 @@ def _train_processes(config: TrainConfig, checkpoint: Optional[dict], progress: 
     return Run(model, config, data, history, metrics, out)
 
 
-def _cycle(num_data: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index batches over ``num_data`` rows without end, reshuffled after every pass."""
-    while True:
-        yield from minibatch_indices(num_data, batch_size, generator)
+def _interrupted(signal_number: int, out: Path, where: str) -> TrainingInterrupted:
+    return TrainingInterrupted(f"stopped by {signal.Signals(signal_number).name} at {where}; the checkpoint is "
+                               f"saved: continue with 'pyro-vae train --resume {out}'", signal_number)
 
 
 def evaluate(model: VAE, data: tuple, split: str) -> dict:
@@ -457,8 +545,8 @@ def evaluate(model: VAE, data: tuple, split: str) -> dict:
 
 
 def _restore(checkpoint: dict, model: VAE, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-             device: torch.device) -> None:
-    """Put model, optimizer and random states back as the checkpoint recorded them."""
+             device: torch.device, processes: distributed.Processes) -> None:
+    """Put model, optimizer and this process's random states back as the checkpoint recorded them."""
     if checkpoint.get("device_type") != device.type:
         raise ConfigError(f"the checkpoint was written on {checkpoint.get('device_type')}: resume it with "
                           f"--device {checkpoint.get('device_type')} to continue the same random streams")
@@ -468,10 +556,17 @@ def _restore(checkpoint: dict, model: VAE, optimizer: torch.optim.Optimizer, gen
     except (RuntimeError, ValueError, KeyError) as error:
         raise ConfigError(f"the checkpoint does not fit its own configuration ({error}): it was edited or "
                           "written by another version") from None
-    torch.set_rng_state(checkpoint["rng"]["torch"])
+    ranks = checkpoint["rng"].get("ranks", [checkpoint["rng"]])
+    if processes.rank < len(ranks):
+        torch.set_rng_state(ranks[processes.rank]["torch"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(ranks[processes.rank]["cuda"], device)
+    else:  # more processes than wrote the checkpoint: the newcomers draw fresh streams
+        pyro.set_rng_seed(TrainConfig.from_dict(checkpoint["config"]).seed + 7919 * processes.rank + 1)
+    if len(ranks) != processes.world_size and processes.main:
+        warnings.warn(f"the checkpoint was written by {len(ranks)} process(es) and is resumed by "
+                      f"{processes.world_size}: the run continues, but not with the same random draws", RuntimeWarning)
     generator.set_state(checkpoint["rng"]["generator"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
 
 
 def draw_pictures(model: VAE, data: ImageData, history: list, out: Path) -> None:
@@ -494,6 +589,6 @@ def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None) -> tu
     config.device = device
     config = config.resolved()
     model = build_model(config, checkpoint["data_dim"], checkpoint.get("image_shape", (28, 28)),
-                        checkpoint.get("num_data"))
+                        checkpoint.get("num_data"), _stacked_on(config, checkpoint)[0])
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)), config, checkpoint

@@ -16,12 +16,24 @@ def shared_data_dir() -> Path:
     return REPO.parent / "shared" / "data"
 
 
+NO_MNIST = "no MNIST copy under"
+
+
 @pytest.fixture
 def data_dir() -> Path:
     path = shared_data_dir()
     if not (path / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"no MNIST copy under {path}: set PYRO_VAE_DATA")
+        pytest.skip(f"{NO_MNIST} {path}: set PYRO_VAE_DATA")
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say once, at the end, how to run the tests that were skipped for want of MNIST."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if NO_MNIST in str(report.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} tests need MNIST and were skipped: point PYRO_VAE_DATA at a folder holding MNIST/raw "
+            f"(torchvision's layout), e.g. 'PYRO_VAE_DATA=../shared/data pytest'")
 
 
 @pytest.fixture(autouse=True)

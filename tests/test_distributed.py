@@ -2,13 +2,17 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pyro_vae import TrainConfig, train
+from pyro_vae.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
@@ -49,3 +53,28 @@ def test_a_batch_smaller_than_the_processes_is_refused(data_dir, tmp_path, batch
                              "--batch-size", str(batch_size), "--device", "cpu", "--out", str(tmp_path), "--quiet"])
     assert result.returncode != 0
     assert "batch-size 1 is smaller than the 2 processes" in result.stderr
+
+
+def test_a_two_process_run_stopped_by_sigterm_resumes_exactly(tmp_path):
+    """Every process's random streams and the epoch's position are restored: the resumed run ends with
+    the parameters, bit for bit, of an uninterrupted run."""
+    command = TORCHRUN + ["-m", "pyro_vae", "train", "--epochs", "6", "--latent-dim", "2", "--hidden-dim", "8",
+                          "--batch-size", "20", "--eval-particles", "2", "--device", "cpu", "--quiet", "--out"]
+    whole = run(command + [str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr
+    stopped_dir = tmp_path / "stopped"
+    process = subprocess.Popen(command + [str(stopped_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not (stopped_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0, "the run ended before it was stopped: lengthen it"
+    assert "stopped by SIGTERM" in stderr
+    stopped = load_checkpoint(stopped_dir / "checkpoint.pt")
+    assert stopped["epoch"] < 6 and len(stopped["rng"]["ranks"]) == 2
+    resumed = run(TORCHRUN + ["-m", "pyro_vae", "train", "--resume", str(stopped_dir), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (load_checkpoint(folder / "checkpoint.pt")["model"] for folder in (tmp_path / "whole", stopped_dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
