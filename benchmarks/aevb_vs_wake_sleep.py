@@ -26,8 +26,9 @@ on the whole test set). ``samples_seen`` counts training datapoints, as the pape
 RWS draws K = 5 particles per datapoint, so it spends more compute per sample (``seconds`` says
 how much).
 
-**Settings shared by all methods.** Adagrad, ``init_std = 0.01`` (the same seed, so every method
-starts from the same parameters), batch 100, ``weight_decay = 1``: the training loss is scaled to
+**Settings shared by all methods.** Adagrad, the preset's ``init_std`` (the same seed, so every
+method starts from the same parameters; the paper's "N(0, 0.01)" is read as a standard deviation of
+0.01 by ``cpu`` and of 0.1, a variance of 0.01, by ``figure2``), batch 100, ``weight_decay = 1``: the training loss is scaled to
 the whole training set (a minibatch of B stands for N datapoints), so the gradient of the N(0, I)
 log-prior on the parameters, -theta, enters with weight 1. The step size is chosen per data set
 and method from {0.01, 0.02, 0.1} by a pilot: a short run with each, at the data set's first
@@ -43,10 +44,24 @@ points; the paper used an HMC-based estimator (its appendix D). The training sub
 :func:`pyro_vae.train` as an MNIST folder of its own: IDX files of the subset beside links to the
 test files.
 
-Presets (``--preset``): ``smoke`` runs in seconds for the tests; ``cpu`` is sized to finish within
-an hour on two CPU cores, with fewer latent sizes and 10^6 training samples per run instead of the
-paper's 10^8; ``paper`` is the paper's grid and length, for a GPU. Runs are independent; they are
-spread over ``--workers`` processes (several share one GPU), longest first.
+Presets (``--preset``, listed by ``--help``): ``smoke`` runs in seconds for the tests; ``cpu``
+(committed) is sized to finish within an hour on two CPU cores, with 4 of the 9 panels and 10^6
+training samples per run; ``figure2`` is all nine panels of Figure 2 and the Figure 3 analogue at
+10^7 samples; ``paper`` the same grid at the paper's 10^8. Runs are independent; they are spread
+over ``--workers`` processes (several share one GPU), longest first.
+
+**Where results go.** A preset of :data:`COMMITTED_PRESETS` writes to ``benchmarks/results/`` and
+any other to ``runs/benchmarks/<preset>/`` under the working directory, unless ``--out`` is
+given. Files that exist in ``benchmarks/results/`` are replaced only with ``--overwrite``
+(:mod:`committed`); the refusal comes before any training.
+
+**Stopping and continuing.** Every run (pilots included) has its own run directory in
+``--runs-dir`` (default ``OUT/runs/<preset>/``), named by kind, data set, Nz, method and step size.
+Given the same command again, a finished run is read back, one with a checkpoint continues from
+it with :func:`pyro_vae.resume` (bit-exact on the same device type), and one that stopped before
+its first checkpoint starts again. A run directory written with other settings is refused, not
+continued. After each run a line says how many runs are done, running and left, and the time
+left (seconds per unit of :attr:`Job.cost` measured so far in this invocation).
 
 Outputs in ``--out``:
 
@@ -69,15 +84,16 @@ import math
 import os
 import platform
 import shlex
+import signal
 import struct
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -86,9 +102,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae import ConfigError, PyroVAEError, TrainConfig, TrainingError, evaluation, train  # noqa: E402
-from pyro_vae.datasets import binarize_once, load_mnist  # noqa: E402
+from pyro_vae import (ConfigError, PyroVAEError, TrainConfig, TrainingError, evaluation, load_dataset,  # noqa: E402
+                      load_run, resume, train)
+from pyro_vae.datasets import binarize_once, load_mnist, prepare_binarization  # noqa: E402
+from pyro_vae.errors import TrainingInterrupted  # noqa: E402
+from pyro_vae.stopping import StopSignals  # noqa: E402
 from pyro_vae.training import resolve_device  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from committed import RESULTS, SCRATCH, refuse_to_replace  # noqa: E402
 
 #: method -> (objective, particles)
 METHODS = {"aevb-meanfield": ("meanfield", 1), "aevb-trace": ("trace", 1),
@@ -99,7 +121,15 @@ DATA_DIMS = {"mnist": 784, "frey-face": 560}
 TITLES = {"mnist": "MNIST", "frey-face": "Frey Face"}
 COLORS = {"aevb-meanfield": "C0", "aevb-trace": "C2", "wake-sleep": "C3", "rws": "C1"}
 SUBSET_SEED = 0
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+#: Presets whose results are committed in benchmarks/results/: they write there by default.
+COMMITTED_PRESETS = ("cpu",)
+#: The paper's "initialised from N(0, 0.01)" read as a variance of 0.01 (issue 16 item 3).
+PAPER_INIT_STD = 0.1
+#: The files a benchmark writes to its output folder.
+OUTPUTS = ("aevb_vs_wake_sleep.json", "aevb_vs_wake_sleep_summary.json", "aevb_vs_wake_sleep.md",
+           "aevb_vs_wake_sleep.png", "figure3.json", "figure3.png")
+#: Written by :func:`run_job` into a run directory when the job is over: its error and log p(x).
+OUTCOME = "benchmark_outcome.json"
 
 
 @dataclass(frozen=True)
@@ -131,21 +161,33 @@ class Figure3:
 
 @dataclass(frozen=True)
 class Preset:
+    """Figure 2's grids per data set, Figure 3's runs, and what every run shares."""
+
     grids: dict
     figure3: Figure3
+    about: str
     methods: tuple = tuple(METHODS)
+    init_std: float = 0.01
+    compile: str = "none"  # TrainConfig.compile: the training step
 
 
 PRESETS = {
     "smoke": Preset({"frey-face": Grid((2,), 20, 3 * 1765, 1, 1765)},
                     Figure3(train_sizes=(200, 400), samples=800, evaluations=2, pilot_samples=400,
-                            particles=20, points=50, hidden_dim=20)),
+                            particles=20, points=50, hidden_dim=20),
+                    "seconds, for the tests"),
     "cpu": Preset({"frey-face": Grid((2, 10), 200, 10**6, 10, 20 * 1765),
                    "mnist": Grid((3, 20), 500, 10**6, 1, 60_000)},
-                  Figure3()),
-    "paper": Preset({"frey-face": Grid((2, 5, 10, 20), 200, 10**8, 500, 20 * 1765),
-                     "mnist": Grid((3, 5, 10, 20, 200), 500, 10**8, 10, 60_000)},
-                    Figure3(samples=10**8, evaluations=50, points=10_000)),
+                  Figure3(), "4 of the 9 panels at 10^6 samples: under an hour on 2 CPU cores"),
+    "figure2": Preset({"frey-face": Grid((2, 5, 10, 20), 200, 10**7, 50, 57 * 1765),
+                       "mnist": Grid((3, 5, 10, 20, 200), 500, 10**7, 2, 2 * 60_000)},
+                      Figure3(samples=10**7, evaluations=20, pilot_samples=2 * 50_000),
+                      "all 9 panels and Figure 3 at 10^7 samples: days on 2 CPU cores, hours on a GPU",
+                      init_std=PAPER_INIT_STD, compile="trace"),
+    "paper": Preset({"frey-face": Grid((2, 5, 10, 20), 200, 10**8, 500, 57 * 1765),
+                     "mnist": Grid((3, 5, 10, 20, 200), 500, 10**8, 10, 2 * 60_000)},
+                    Figure3(samples=10**8, evaluations=50, pilot_samples=2 * 50_000, points=10_000),
+                    "the paper's 10^8 samples per run, for a GPU", init_std=PAPER_INIT_STD, compile="trace"),
 }
 
 
@@ -179,12 +221,16 @@ class Job:
     network: Network
     method: str
     config: dict
-    cost: float
+    cost: float  # multiply-adds of the networks over the run: a proxy for its length
     log_likelihood: Optional[dict] = None  # {"particles": K, "points": M} for Figure 3's runs
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.network.group} Nz={self.network.latent_dim} {self.method} lr={self.config['lr']}"
 
 
 def make_job(kind: str, network: Network, method: str, lr: float, samples: int, evaluations_every: int,
-             setting: Setting, log_likelihood: Optional[dict] = None) -> Job:
+             preset: Preset, setting: Setting, log_likelihood: Optional[dict] = None) -> Job:
     """The job training ``network`` with ``method`` at step size ``lr`` for about ``samples`` samples."""
     objective, particles = METHODS[method]
     epochs = max(1, math.ceil(samples / network.train_size))
@@ -192,43 +238,94 @@ def make_job(kind: str, network: Network, method: str, lr: float, samples: int, 
     config = TrainConfig(dataset=network.dataset, data_dir=network.data_dir or setting.data_dir,
                          latent_dim=network.latent_dim, hidden_dims=[network.hidden_dim], epochs=epochs,
                          batch_size=100, objective=objective, particles=particles, optimizer="adagrad", lr=lr,
-                         weight_decay=1.0, init_std=0.01, seed=setting.seed, device=setting.device,
+                         weight_decay=1.0, init_std=preset.init_std, seed=setting.seed, device=setting.device,
                          eval_every=max(1, min(evaluations_every, epochs)), eval_particles=1,
-                         out=str(setting.runs / name))
+                         compile=preset.compile, out=str(setting.runs / name))
     config.resolved()  # a bad configuration fails here, before any run starts
-    # Multiply-adds of the networks per step, a proxy for the run's length (to start long ones first).
     cost = epochs * network.train_size * DATA_DIMS[network.dataset] * network.hidden_dim * (particles + 1)
     return Job(kind, network, method, asdict(config), cost, log_likelihood)
 
 
+def job_state(job: Job) -> tuple[str, int]:
+    """What the job's run directory holds, and the epochs it has trained.
+
+    ``"over"``: the job ended (:data:`OUTCOME` written); ``"trained"``: training finished
+    (``metrics.json`` of the configured epochs) but not the job; ``"checkpoint"``: a checkpoint to
+    resume; ``"new"``: nothing to continue (no folder, or only ``config.json``: it stopped before
+    its first checkpoint). A folder written with other settings is refused.
+    """
+    run_dir = Path(job.config["out"])
+    config_file = run_dir / "config.json"
+    if config_file.exists():
+        stored, expected = json.loads(config_file.read_text())["config"], asdict(TrainConfig(**job.config).resolved())
+        differences = [f"{key} {stored[key]!r}, now {value!r}" for key, value in expected.items()
+                       if key in stored and key not in ("data_dir", "out") and stored[key] != value]
+        if differences:
+            raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(differences)}): pass another "
+                              "--out or --runs-dir, or delete that folder to train it again")
+    history_file = run_dir / "history.json"
+    epochs_trained = json.loads(history_file.read_text())[-1]["epoch"] if history_file.exists() else 0
+    metrics_file = run_dir / "metrics.json"
+    if (run_dir / OUTCOME).exists():
+        return "over", epochs_trained
+    if metrics_file.exists() and json.loads(metrics_file.read_text())["config"]["epochs"] == job.config["epochs"]:
+        return "trained", epochs_trained
+    if (run_dir / "checkpoint.pt").exists():
+        return "checkpoint", epochs_trained
+    return "new", 0
+
+
 def run_job(job: Job) -> dict:
-    """Train one run; for Figure 3's runs also estimate log p(x) on training and test points.
+    """Train, continue or read back one run (see :func:`job_state`); for Figure 3's runs also
+    estimate log p(x) on training and test points.
 
     A run that diverges keeps the history it had (read back from its run directory) and reports
-    its error.
+    its error. Returns the job, its history, error and log p(x), and the seconds and the part of
+    :attr:`Job.cost` trained in this call; or, for a run stopped by a signal (it saved a
+    checkpoint), ``stopped``: the signal's number.
     """
     # One CPU thread per run: runs in parallel use the cores. (On a shared machine, several
     # threads per small run are far slower than one: they spin waiting for each other.)
     torch.set_num_threads(1)
     config = TrainConfig(**job.config)
-    result = {"job": job, "error": None, "log_likelihood": None}
-    try:
-        run = train(config, progress=False)
-    except TrainingError as error:
-        history_file = Path(config.out) / "history.json"
-        return {**result, "history": json.loads(history_file.read_text()) if history_file.exists() else [],
-                "error": str(error)}
-    result["history"] = run.history
-    if job.log_likelihood is not None:
-        points, particles = job.log_likelihood["points"], job.log_likelihood["particles"]
-        # Binary images fixed once, as those of the train and test bounds are.
-        splits = {"train": binarize_once(_seeded_subset(run.data.train, points)),
-                  "test": _seeded_subset(run.data.test, points)}  # binarized by the data loader
-        run.model.eval()
-        result["log_likelihood"] = {split: evaluation.log_likelihood(run.model.model, run.model.guide, x,
-                                                                     particles).as_dict()
-                                    for split, x in splits.items()}
-    return result
+    run_dir = Path(config.out)
+    state, epochs_before = job_state(job)
+    start = time.perf_counter()
+    if state == "over":
+        outcome = json.loads((run_dir / OUTCOME).read_text())
+    else:
+        outcome = {"error": None, "log_likelihood": None}
+        try:
+            if state == "checkpoint":
+                resume(run_dir, data_dir=config.data_dir, progress=False)
+            elif state == "new":
+                train(config, progress=False, overwrite=True)
+        except TrainingError as error:
+            outcome["error"] = str(error)
+        except TrainingInterrupted as stop:
+            return {"job": job, "stopped": stop.signal_number}
+        if job.log_likelihood is not None and outcome["error"] is None:
+            outcome["log_likelihood"] = log_likelihoods(run_dir, config, **job.log_likelihood)
+        write_json(run_dir / OUTCOME, outcome)
+    history_file = run_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else []
+    trained = 0.0 if state in ("over", "trained") else job.cost * (1 - epochs_before / config.epochs)
+    return {"job": job, "history": history, **outcome, "state": state, "stopped": None,
+            "seconds": time.perf_counter() - start, "trained_cost": trained}
+
+
+def log_likelihoods(run_dir: Path, config: TrainConfig, particles: int, points: int) -> dict:
+    """log p(x) of the trained run on seeded subsets of its training and test images, with draws
+    seeded by the run's seed (so a run read back from its directory gives the same figures)."""
+    model, config, _ = load_run(run_dir, config.device, config.data_dir)
+    data, _ = prepare_binarization(load_dataset(config.dataset, config.data_dir).to(config.device), config.binarize)
+    # Binary images fixed once, as those of the train and test bounds are.
+    splits = {"train": binarize_once(_seeded_subset(data.train, points)),
+              "test": _seeded_subset(data.test, points)}  # binarized by prepare_binarization
+    model.eval()
+    pyro.set_rng_seed(config.seed)
+    return {split: evaluation.log_likelihood(model.model, model.guide, x, particles).as_dict()
+            for split, x in splits.items()}
 
 
 def _seeded_subset(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -236,22 +333,123 @@ def _seeded_subset(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[order.to(x.device)]
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, start: float) -> list[dict]:
-    """Run ``jobs``, longest first: in this process with one worker, else in a pool of processes."""
+class Progress:
+    """Runs done, running and left, and the time left: the seconds per unit of :attr:`Job.cost`
+    measured in this invocation times the cost left, spread over the workers."""
+
+    def __init__(self, workers: int, start: float):
+        self.workers, self.start = workers, start
+        self.costs: dict = {}  # job name -> cost left
+        self.later: list = []  # costs of the runs to come after those planned (the pilots)
+        self.done = 0
+        self.seconds = self.cost_trained = 0.0
+
+    def plan(self, jobs: Sequence[Job], states: Sequence[tuple], later: Sequence[float]) -> None:
+        """Add ``jobs`` (in ``states`` from :func:`job_state`), followed by runs costing ``later``."""
+        self.later = list(later)
+        counts: dict = {}
+        for job, (state, epochs) in zip(jobs, states):
+            counts[state] = counts.get(state, 0) + 1
+            self.costs[job.name] = 0.0 if state in ("over", "trained") else job.cost * (1 - epochs / job.config["epochs"])
+        kinds = "/".join(sorted({job.kind for job in jobs}))
+        print(f"[{time.perf_counter() - self.start:7.0f} s] {len(jobs)} {kinds} runs: "
+              f"{counts.get('over', 0) + counts.get('trained', 0)} over already, {counts.get('checkpoint', 0)} "
+              f"to continue from a checkpoint, {counts.get('new', 0)} to start", flush=True)
+
+    def finished(self, result: dict) -> str:
+        """Count ``result`` in; the progress line."""
+        self.done += 1
+        self.costs[result["job"].name] = 0.0
+        if result["trained_cost"] > 0:
+            self.seconds += result["seconds"]
+            self.cost_trained += result["trained_cost"]
+        left_runs = len(self.costs) - self.done + len(self.later)
+        running = min(self.workers, left_runs)
+        line = f"{self.done} runs done, {running} running, {left_runs - running} left"
+        if self.cost_trained > 0 and left_runs:
+            cost_left = sum(self.costs.values()) + sum(self.later)
+            line += f"; about {_duration(self.seconds / self.cost_trained * cost_left / running)} left"
+        return line
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+class Stopped(Exception):
+    """The benchmark stopped on a signal; the same command continues it."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress, later: Sequence[Job] = ()) -> list[dict]:
+    """Run ``jobs``, longest first, ``workers`` at a time (in this process with one worker, else each
+    in a worker process); ``later``: the jobs to come after these, for the time left.
+
+    On SIGTERM or SIGINT no new run starts, running runs stop at a checkpoint, and
+    :class:`Stopped` is raised. A worker process sees the signal only when it is sent to the
+    process group (as Ctrl-C and ``kill -TERM -PGID`` do), and only while it trains; otherwise it
+    finishes its run first.
+    """
     ordered = sorted(jobs, key=lambda job: -job.cost)
-    if workers == 1:
-        return [_report(run_job(job), start) for job in ordered]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        return [_report(future.result(), start) for future in as_completed([pool.submit(run_job, job) for job in ordered])]
+    states = [job_state(job) for job in ordered]  # refuses every folder of other settings, before any run
+    progress.plan(ordered, states, [job.cost for job in later])
+    # Runs that are over are read back here; the others go to the workers.
+    results = {job.name: _report(run_job(job), progress) for job, (state, _) in zip(ordered, states) if state == "over"}
+    stopped = None
+    pool = (ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_ignore_signals)
+            if workers > 1 else _InThisProcess())
+    with StopSignals() as signals, pool:
+        waiting, running = [job for job, (state, _) in zip(ordered, states) if state != "over"], set()
+        while waiting or running:
+            while waiting and len(running) < workers and not (signals.signal or stopped):
+                running.add(pool.submit(run_job, waiting.pop(0)))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                if result["stopped"]:
+                    stopped = result["stopped"]
+                else:
+                    results[result["job"].name] = _report(result, progress)
+    if signals.signal or stopped:
+        raise Stopped(signals.signal or stopped)
+    return [results[job.name] for job in ordered]
 
 
-def _report(result: dict, start: float) -> dict:
+def _ignore_signals() -> None:
+    """In a worker process: SIGTERM and SIGINT are for :func:`pyro_vae.train` only, which installs
+    its own handlers while it trains (a worker killed between runs would break the pool)."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
+
+
+class _InThisProcess:
+    """An executor that runs each call at once, in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def submit(self, function, *args) -> Future:
+        future: Future = Future()
+        future.set_result(function(*args))
+        return future
+
+
+def _report(result: dict, progress: Progress) -> dict:
     job, history = result["job"], result["history"]
     final = (f"train {history[-1]['train_elbo']:.2f}, test {history[-1]['test_elbo']:.2f} after "
              f"{history[-1]['samples_seen']:.3g} samples in {history[-1]['seconds']:.0f} s") if history else "no evaluation"
     status = f" ({result['error']})" if result["error"] else ""
-    print(f"[{time.perf_counter() - start:7.0f} s] {job.kind} {job.network.group} Nz={job.network.latent_dim} "
-          f"{job.method} lr={job.config['lr']}: {final}{status}", flush=True)
+    read_back = " (read back)" if result["state"] in ("over", "trained") else ""
+    print(f"[{time.perf_counter() - progress.start:7.0f} s] {job.name}: {final}{status}{read_back}; "
+          f"{progress.finished(result)}", flush=True)
     return result
 
 
@@ -288,9 +486,10 @@ def mnist_subset(data_dir: Optional[str], size: int, folder: Path) -> str:
     raw = folder / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     grey_levels = (mnist.train[index] * 255).round().to(torch.uint8).reshape(size, *mnist.image_shape)
-    write_idx(raw / "train-images-idx3-ubyte", grey_levels, 2051)
+    write_idx(raw / "train-images-idx3-ubyte", grey_levels, 2051)  # the same bytes when written again
     write_idx(raw / "train-labels-idx1-ubyte", mnist.train_labels[index].to(torch.uint8), 2049)
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).unlink(missing_ok=True)
         (raw / name).symlink_to((Path(mnist.source) / name).resolve())
     return str(folder)
 
@@ -313,19 +512,20 @@ def pilot_jobs(preset: Preset, figure3: list[Network], setting: Setting) -> list
               for network in figure2_networks(preset) if network.latent_dim == preset.grids[network.dataset].latent_dims[0]]
     pilots.append((max(figure3, key=lambda network: network.train_size), preset.figure3.pilot_samples,
                    preset.figure3.methods))
-    return [make_job("pilot", network, method, lr, samples, 10**9, setting)
+    return [make_job("pilot", network, method, lr, samples, 10**9, preset, setting)
             for network, samples, methods in pilots for method in methods for lr in LEARNING_RATES]
 
 
-def experiment_jobs(preset: Preset, figure3: list[Network], lrs: dict, setting: Setting) -> list[Job]:
+def experiment_jobs(preset: Preset, figure3: list[Network], lrs: Mapping, setting: Setting) -> list[Job]:
+    """Figure 2's and Figure 3's runs at the step sizes ``lrs[(group, method)]``."""
     jobs = [make_job("figure2", network, method, lrs[(network.group, method)], preset.grids[network.dataset].samples,
-                     preset.grids[network.dataset].eval_every, setting)
+                     preset.grids[network.dataset].eval_every, preset, setting)
             for network in figure2_networks(preset) for method in preset.methods]
     largest = max(figure3, key=lambda network: network.train_size).group
     for network in figure3:
         epochs = max(1, math.ceil(preset.figure3.samples / network.train_size))
         jobs += [make_job("figure3", network, method, lrs[(largest, method)], preset.figure3.samples,
-                          max(1, epochs // preset.figure3.evaluations), setting,
+                          max(1, epochs // preset.figure3.evaluations), preset, setting,
                           {"particles": preset.figure3.particles, "points": preset.figure3.points})
                  for method in preset.figure3.methods]
     return jobs
@@ -452,7 +652,9 @@ def final_records(results: Sequence[dict]) -> list[dict]:
 
 def markdown(summary: dict, figure3: Sequence[dict]) -> str:
     """The final figures as Markdown tables."""
-    lines = [f"Preset `{summary['preset']}`, `{summary['command']}`: {summary['wall_seconds'] / 60:.1f} min wall time "
+    restarts = len(summary.get("invocations", [])) - 1
+    again = f" (the last of {restarts + 1} invocations of this command)" if restarts > 0 else ""
+    lines = [f"Preset `{summary['preset']}`, `{summary['command']}`: {summary['wall_seconds'] / 60:.1f} min wall time{again} "
              f"on {summary['machine']['device']} ({summary['workers']} runs at a time, one CPU thread each); load average {summary['load_average_start'][0]:.1f} at the start, "
              f"{summary['load_average_end'][0]:.1f} at the end.", "",
              "| data set | Nz | method | step size | samples | train bound | test bound | seconds |",
@@ -477,16 +679,45 @@ def write_json(path: Path, value) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="AEVB versus wake-sleep: the AEVB paper's Figures 2 and 3.")
-    parser.add_argument("--preset", choices=list(PRESETS), default="cpu",
-                        help="smoke: seconds; cpu: under an hour on 2 cores; paper: 10^8 samples per run, for a GPU "
-                             "(default: %(default)s)")
+    presets = "\n".join(
+        f"  {name:8s} {preset.about}\n           "
+        + "; ".join(f"{TITLES[dataset]} Nz {', '.join(map(str, grid.latent_dims))} ({grid.hidden_dim} hidden units)"
+                    for dataset, grid in preset.grids.items())
+        + f"\n           {max(grid.samples for grid in preset.grids.values()):.2g} samples per run; "
+          f"init std {preset.init_std}; compile {preset.compile}"
+        for name, preset in PRESETS.items())
+    epilog = f"""presets:
+{presets}
+
+where results go:
+  --preset {' or '.join(COMMITTED_PRESETS)} (committed) writes to benchmarks/results/; any other preset to
+  runs/benchmarks/PRESET/ under the working directory. --out DIR writes to DIR instead. Files
+  that exist in benchmarks/results/ are replaced only with --overwrite: without it the benchmark
+  stops before training anything.
+
+stopping and continuing:
+  every run, pilots included, has its own run directory under --runs-dir. Given the same command
+  again, a stopped benchmark continues: runs that finished are read back, a run with a checkpoint
+  continues from it (bit-exact on the same device type), and a run that stopped before its first
+  checkpoint starts again. A run directory written with other settings (another preset or seed)
+  is refused. After each run a line says how many runs are done, running and left, and about how
+  long the rest takes.
+
+outputs (in the results folder):
+  {', '.join(OUTPUTS)}
+"""
+    parser = argparse.ArgumentParser(description="AEVB versus wake-sleep: the AEVB paper's Figures 2 and 3.",
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu", help="(default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for results and figures (default: %(default)s)")
+    parser.add_argument("--out", help="folder for results and figures (default: benchmarks/results/ for "
+                                      f"{', '.join(COMMITTED_PRESETS)}, else runs/benchmarks/PRESET/)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in benchmarks/results/")
+    parser.add_argument("--runs-dir", help="folder of the run directories, where a stopped benchmark continues "
+                                           "(default: OUT/runs/PRESET/)")
     parser.add_argument("--workers", type=int, default=0,
                         help="runs at a time, each in its own process (default: the CPU cores; 4 on a GPU)")
-    parser.add_argument("--runs-dir", help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -495,40 +726,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
-        if args.runs_dir is not None:
-            Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
-            benchmark(args, argv, Path(args.runs_dir))
-        else:
-            with tempfile.TemporaryDirectory(prefix="aevb-vs-wake-sleep-") as runs:
-                benchmark(args, argv, Path(runs))
+        benchmark(args, argv)
     except PyroVAEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"stopped by {signal.Signals(stop.signal_number).name}: give the same command to continue",
+              file=sys.stderr)
+        return 128 + stop.signal_number
     return 0
 
 
-def benchmark(args: argparse.Namespace, argv: Sequence[str], runs: Path) -> None:
-    """Pilots, then every run of the preset; writes results and figures to ``args.out``."""
+def output_folder(preset: str, out: Optional[str]) -> Path:
+    """``out``, else benchmarks/results/ for a committed preset, else its scratch folder."""
+    if out is not None:
+        return Path(out)
+    return RESULTS if preset in COMMITTED_PRESETS else SCRATCH / preset
+
+
+def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Pilots, then every run of the preset; writes results and figures to its output folder."""
     preset = PRESETS[args.preset]
+    out = output_folder(args.preset, args.out)
+    refuse_to_replace([out / name for name in OUTPUTS], args.overwrite)
     device = resolve_device(args.device)
     cores = os.cpu_count() or 1
     workers = args.workers or (4 if device.type == "cuda" else cores)
     if workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
-    setting = Setting(device.type, args.data_dir, args.seed, runs)
-    out = Path(args.out)
+    runs = Path(args.runs_dir) if args.runs_dir else out / "runs" / args.preset
+    runs.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"results to {out.resolve()}, run directories in {runs.resolve()}", flush=True)
+    setting = Setting(device.type, args.data_dir, args.seed, runs)
+    command = "python benchmarks/aevb_vs_wake_sleep.py " + shlex.join(argv)
+    invocations = _log_invocation(runs / "invocations.json", command)
     start, load_start = time.perf_counter(), os.getloadavg()
 
     figure3 = figure3_networks(preset.figure3, setting)
-    lrs, scores = choose_learning_rates(run_jobs(pilot_jobs(preset, figure3, setting), workers, start))
-    results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, start)
+    progress = Progress(workers, start)
+    # The runs after the pilots, at any step size: their cost is part of the time left during the pilots.
+    later = experiment_jobs(preset, figure3, defaultdict(lambda: LEARNING_RATES[0]), setting)
+    lrs, scores = choose_learning_rates(run_jobs(pilot_jobs(preset, figure3, setting), workers, progress, later))
+    results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress)
     figure2 = [r for r in results if r["job"].kind == "figure2"]
     figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"])
 
-    summary = {"preset": args.preset,
-               "command": "python benchmarks/aevb_vs_wake_sleep.py " + shlex.join(argv),
-               "wall_seconds": time.perf_counter() - start, "workers": workers,
+    summary = {"preset": args.preset, "command": command,
+               "wall_seconds": time.perf_counter() - start, "invocations": invocations, "workers": workers,
                "load_average_start": load_start, "load_average_end": os.getloadavg(),
                "machine": {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
                            "cpu_cores": cores, "platform": platform.platform(), "python": platform.python_version(),
@@ -549,6 +794,14 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str], runs: Path) -> None
     plot_figure2(figure2_records(figure2), preset, out / "aevb_vs_wake_sleep.png")
     plot_figure3(figure3_results, preset.figure3, out / "figure3.png")
     print(markdown(summary, figure3_results), flush=True)
+
+
+def _log_invocation(path: Path, command: str) -> list:
+    """Append this invocation's start to the list in ``path``; returns the list (one entry per start)."""
+    invocations = json.loads(path.read_text()) if path.exists() else []
+    invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command})
+    write_json(path, invocations)
+    return invocations
 
 
 if __name__ == "__main__":

@@ -17,20 +17,27 @@ printed as it starts), and collects their ``metrics.json``:
   Kingma et al.'s M1 + M2).
 
 Both layered models are scored by the importance-sampled test log-likelihood with K particles
-per test image on all 10,000 test images. Results go to ``benchmarks/results/latent_structure.json``
-and ``.md``; run directories under ``--runs`` (reused when ``--reuse`` is given and complete).
+per test image on all 10,000 test images. Results are merged by name into ``--out`` (default
+``runs/benchmarks/latent_structure/latent_structure.json`` under the working directory) and its
+``.md``; run directories under ``--runs`` (reused when ``--reuse`` is given and complete). The
+committed results, ``benchmarks/results/latent_structure.json``, are replaced only with
+``--out benchmarks/results/latent_structure.json --overwrite``:
 
-    python benchmarks/latent_structure.py --data-dir ../shared/data --epochs 50 --m2-epochs 30
+    python benchmarks/latent_structure.py --data-dir ../shared/data --epochs 50 --m2-epochs 30 \
+        --out benchmarks/results/latent_structure.json --overwrite
 """
 
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
-from pyro_vae import TrainConfig, train
+from pyro_vae import PyroVAEError, TrainConfig, train
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from committed import SCRATCH, refuse_to_replace  # noqa: E402
 
 
 def configurations(args) -> dict:
@@ -61,7 +68,7 @@ def command(config: TrainConfig) -> str:
     return " ".join(shlex.quote(word) for word in words + ["--data-dir", "DATA", "--out", config.out])
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PYRO_VAE_DATA)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of the one- and two-layer models")
@@ -79,10 +86,25 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=("one-layer", "two-layer", "m2", "m1", "m1m2"), help="run only these")
     parser.add_argument("--runs", default="runs/latent_structure", help="folder of the run directories")
     parser.add_argument("--reuse", action="store_true", help="reuse finished run directories")
-    parser.add_argument("--out", default=str(RESULTS / "latent_structure.json"))
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(SCRATCH / "latent_structure" / "latent_structure.json"),
+                        help="JSON file the results are merged into, a .md table beside it (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow writing into an existing file in benchmarks/results/ (its entries of the same "
+                             "names are replaced)")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except PyroVAEError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
+
+def run(args: argparse.Namespace) -> None:
+    """Train (or read back) every selected run and merge its metrics into ``args.out``."""
     out = Path(args.out)
+    refuse_to_replace([out, out.with_suffix(".md")], args.overwrite)
+    print(f"results to {out.resolve()}", flush=True)
     results = json.loads(out.read_text()) if out.exists() else {}
     for name, config in configurations(args).items():
         if args.only and name not in args.only:
@@ -122,4 +144,4 @@ def write_table(results: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,9 +28,11 @@ Also timed (unless ``--skip-eval``): the importance-sampled evaluation
 :func:`pyro_vae.evaluation.log_likelihood` with K = 5000 over the test images (``--eval-images``
 of them, extrapolated to 10,000 and marked so in the JSON), for each ``--eval-chunk-sizes``.
 
-Usage::
+It writes JSON and markdown only when given ``--out``; an existing file in ``benchmarks/results/``
+is replaced only with ``--overwrite`` (refused before anything is timed). Usage::
 
-    python benchmarks/speed.py --data-dir ../shared/data --out benchmarks/results/speed_cpu.json
+    python benchmarks/speed.py --data-dir ../shared/data --out /tmp/speed.json
+    python benchmarks/speed.py --data-dir ../shared/data --out benchmarks/results/speed_cpu.json --overwrite
 """
 
 import argparse
@@ -48,6 +50,7 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 NUM_TRAIN = 60_000
 NUM_TEST = 10_000
@@ -82,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="add a torch.profiler summary of each pyro variant at the first batch size")
     parser.add_argument("--out", default=None, help="JSON file; a .md summary is written beside it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out in benchmarks/results/")
     return parser.parse_args(argv)
 
 
@@ -498,6 +502,14 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.out:
+        from committed import refuse_to_replace
+        from pyro_vae import ConfigError
+        try:
+            refuse_to_replace([Path(args.out), Path(args.out).with_suffix(".md")], args.overwrite)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     if args.threads:
         os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
                               if args.threads == 1 else "")

@@ -34,5 +34,8 @@ class TrainingInterrupted(Exception):
     """
 
     def __init__(self, message: str, signal_number: int):
-        super().__init__(message)
+        super().__init__(message, signal_number)  # both in args: it pickles (to a benchmark's parent process)
         self.signal_number = signal_number
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -1,11 +1,20 @@
-"""The AEVB-vs-wake-sleep benchmark: its smoke preset end to end, its step-size pilot, its errors."""
+"""The AEVB-vs-wake-sleep benchmark: its smoke preset end to end, where results go, continuing a
+stopped benchmark, its step-size pilot, its errors; where the latent-structure benchmark writes."""
 
+import hashlib
 import json
 import math
+import signal
+import types
+from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import load_benchmark
+from conftest import REPO, load_benchmark, shared_data_dir
+from pyro_vae.checkpoint import load_checkpoint
+
+RESULTS = REPO / "benchmarks" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -13,26 +22,127 @@ def benchmark():
     return load_benchmark("aevb_vs_wake_sleep")
 
 
-def test_smoke_preset_writes_results_and_figures(benchmark, data_dir, tmp_path):
-    assert benchmark.main(["--preset", "smoke", "--data-dir", str(data_dir), "--out", str(tmp_path), "--workers", "1"]) == 0
-    records = json.loads((tmp_path / "aevb_vs_wake_sleep.json").read_text())
+def committed_files() -> dict:
+    """The bytes of every committed result file, by path (run directories aside)."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(RESULTS.rglob("*"))
+            if path.is_file() and "runs" not in path.relative_to(RESULTS).parts}
+
+
+@pytest.fixture(scope="module")
+def smoke(benchmark, tmp_path_factory):
+    """The smoke preset run once as a user would, from another working directory and without
+    --out: its output folder, and the committed results before and after."""
+    data = shared_data_dir()
+    if not (data / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"no MNIST copy under {data}: set PYRO_VAE_DATA")
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    before = committed_files()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        torch.set_num_threads(1)
+        assert benchmark.main(["--preset", "smoke", "--data-dir", str(data), "--workers", "1"]) == 0
+    return types.SimpleNamespace(out=cwd / "runs" / "benchmarks" / "smoke", before=before, after=committed_files())
+
+
+def bounds(out) -> tuple:
+    """Every bound and log p(x) of a benchmark's results, wall times left out."""
+    figure2 = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((out / "aevb_vs_wake_sleep.json").read_text())]
+    figure3 = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((out / "figure3.json").read_text())["records"]]
+    return figure2, figure3
+
+
+def test_smoke_preset_writes_results_and_figures(benchmark, smoke):
+    records = json.loads((smoke.out / "aevb_vs_wake_sleep.json").read_text())
     required = {"dataset", "latent_dim", "method", "samples_seen", "train_bound", "test_bound", "seconds"}
     assert records and all(required <= set(record) for record in records)
     grid = benchmark.PRESETS["smoke"].grids
     expected = {(dataset, nz, method) for dataset, g in grid.items() for nz in g.latent_dims for method in benchmark.METHODS}
     assert {(r["dataset"], r["latent_dim"], r["method"]) for r in records} == expected
     assert all(math.isfinite(r["train_bound"]) and math.isfinite(r["test_bound"]) for r in records)
-    summary = json.loads((tmp_path / "aevb_vs_wake_sleep_summary.json").read_text())
+    summary = json.loads((smoke.out / "aevb_vs_wake_sleep_summary.json").read_text())
     assert summary["command"].startswith("python benchmarks/aevb_vs_wake_sleep.py --preset smoke")
     assert set(summary["learning_rates"].values()) <= set(benchmark.LEARNING_RATES)
     assert len(summary["final"]) == len(expected) and not any(r["error"] for r in summary["final"])
-    figure3 = json.loads((tmp_path / "figure3.json").read_text())
+    figure3 = json.loads((smoke.out / "figure3.json").read_text())
     assert "importance sampling" in figure3["estimator"]
     assert {(r["train_size"], r["method"], r["split"]) for r in figure3["records"]} == {
         (size, method, split) for size in (200, 400) for method in ("aevb-meanfield", "wake-sleep")
         for split in ("train", "test")}
-    for name in ("aevb_vs_wake_sleep.png", "figure3.png", "aevb_vs_wake_sleep.md"):
-        assert (tmp_path / name).stat().st_size > 0
+    for name in benchmark.OUTPUTS:
+        assert (smoke.out / name).stat().st_size > 0
+
+
+def test_smoke_preset_leaves_the_committed_results_alone(smoke):
+    assert smoke.before and smoke.after == smoke.before
+
+
+@pytest.fixture
+def no_training(benchmark, monkeypatch):
+    """Training fails the test: a refusal must come before any run starts."""
+    def fail(*args, **kwargs):
+        raise AssertionError("trained although the results folder should have been refused")
+    monkeypatch.setattr(benchmark, "train", fail)
+    monkeypatch.setattr(benchmark, "resume", fail, raising=False)
+
+
+@pytest.mark.parametrize("argv", [["--preset", "cpu"], ["--preset", "smoke", "--out", str(RESULTS)]])
+def test_committed_results_are_replaced_only_with_overwrite(benchmark, no_training, capsys, argv):
+    before = committed_files()
+    assert benchmark.main(argv + ["--device", "cpu", "--workers", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "committed results" in error and "pass --overwrite" in error
+    assert committed_files() == before
+
+
+def test_a_stopped_benchmark_continues_where_it_stopped(benchmark, smoke, tmp_path, monkeypatch, capsys):
+    """Killed while writing the second checkpoint of its first Figure 2 run, then stopped by SIGTERM
+    in its first Figure 3 run, each time given the same command again: finished runs are read back,
+    stopped ones continue from their checkpoints, and the results equal the uninterrupted run's."""
+    argv = ["--preset", "smoke", "--data-dir", str(shared_data_dir()), "--out", str(tmp_path), "--workers", "1"]
+    runs = tmp_path / "runs" / "smoke"
+    save = torch.save
+
+    def stop_at(kind: str, stop):
+        """torch.save that calls ``stop`` at the epoch-2 checkpoint of the first run of ``kind``."""
+        def hooked(state, *args, **kwargs):
+            if isinstance(state, dict) and state.get("epoch") == 2 and f"{kind}-" in Path(state["config"]["out"]).name:
+                stop()
+            return save(state, *args, **kwargs)
+        return hooked
+
+    def kill():
+        raise KeyboardInterrupt  # as SIGKILL would: no checkpoint, no clean-up
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", stop_at("figure2", kill))
+        with pytest.raises(KeyboardInterrupt):
+            benchmark.main(argv)
+    written = {path: path.stat().st_mtime_ns for path in runs.glob("*/checkpoint.pt")}
+    assert len([path for path in written if path.parent.name.startswith("pilot-")]) == 18
+    stopped = [path.parent for path in written if path.parent.name.startswith("figure2-")]
+    assert len(stopped) == 1 and load_checkpoint(stopped[0] / "checkpoint.pt")["epoch"] == 1
+    assert not (tmp_path / "aevb_vs_wake_sleep.json").exists()
+
+    # Other settings for the same run directories are refused, before anything is trained.
+    capsys.readouterr()
+    assert benchmark.main(argv + ["--seed", "1"]) == 2
+    assert "holds a run with other settings (seed 0, now 1)" in capsys.readouterr().err
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", stop_at("figure3", lambda: signal.raise_signal(signal.SIGTERM)))
+        assert benchmark.main(argv) == 128 + signal.SIGTERM
+    output = capsys.readouterr()
+    assert "18 pilot runs: 18 over already, 0 to continue from a checkpoint, 0 to start" in output.out
+    assert "8 figure2/figure3 runs: 0 over already, 1 to continue from a checkpoint, 7 to start" in output.out
+    assert "stopped by SIGTERM: give the same command to continue" in output.err
+
+    assert benchmark.main(argv) == 0
+    output = capsys.readouterr().out
+    assert "8 figure2/figure3 runs: 4 over already, 1 to continue from a checkpoint, 3 to start" in output
+    assert "26 runs done, 0 running, 0 left" in output
+    for path, mtime in written.items():
+        assert (path.stat().st_mtime_ns == mtime) == path.parent.name.startswith("pilot-"), path
+    assert bounds(tmp_path) == bounds(smoke.out)
 
 
 def test_pilot_keeps_the_best_final_training_bound_and_refuses_total_divergence(benchmark):
@@ -51,12 +161,49 @@ def test_pilot_keeps_the_best_final_training_bound_and_refuses_total_divergence(
         benchmark.choose_learning_rates([result("rws", 0.01, float("nan"))])
 
 
-@pytest.mark.parametrize("argv, message", [(["--workers", "-1", "--device", "cpu"], "--workers must be positive"),
+def test_figure2_preset_is_the_papers_grid(benchmark):
+    preset = benchmark.PRESETS["figure2"]
+    assert {dataset: (grid.latent_dims, grid.hidden_dim) for dataset, grid in preset.grids.items()} == {
+        "mnist": ((3, 5, 10, 20, 200), 500), "frey-face": ((2, 5, 10, 20), 200)}
+    assert all(grid.samples >= 10**7 for grid in preset.grids.values()) and preset.figure3.samples >= 10**7
+    assert set(preset.methods) == {"aevb-meanfield", "aevb-trace", "wake-sleep", "rws"}
+    assert preset.init_std == benchmark.PAPER_INIT_STD and benchmark.PRESETS["cpu"].init_std == 0.01
+
+
+@pytest.mark.parametrize("argv, message", [(["--workers", "-1", "--device", "cpu", "--out", "{tmp}"],
+                                            "--workers must be positive"),
                                            (["--preset", "nope"], "invalid choice")])
-def test_bad_arguments_end_with_one_line(benchmark, capsys, argv, message):
+def test_bad_arguments_end_with_one_line(benchmark, capsys, tmp_path, argv, message):
     try:
-        status = benchmark.main(argv)
+        status = benchmark.main([word.format(tmp=tmp_path) for word in argv])
     except SystemExit as exit_:  # argparse refuses unknown choices itself
         status = exit_.code
     assert status == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def latent_structure(monkeypatch):
+    """The latent-structure benchmark with a stand-in for training that returns fixed metrics."""
+    module = load_benchmark("latent_structure")
+    metrics = {"test_log_likelihood": -90.0, "test_log_likelihood_stderr": 0.1, "test_log_likelihood_particles": 10,
+               "test_elbo": -95.0, "train_elbo": -94.0, "seconds": 60.0, "samples_seen": 600, "test_accuracy": 0.9}
+    monkeypatch.setattr(module, "train", lambda config: types.SimpleNamespace(metrics=metrics))
+    return module
+
+
+def test_latent_structure_writes_to_a_scratch_folder_by_default(latent_structure, tmp_path, monkeypatch):
+    before = committed_files()
+    monkeypatch.chdir(tmp_path)
+    assert latent_structure.main(["--only", "m2"]) == 0
+    written = json.loads((tmp_path / "runs" / "benchmarks" / "latent_structure" / "latent_structure.json").read_text())
+    assert list(written) == ["m2"] and written["m2"]["test_accuracy"] == 0.9
+    assert committed_files() == before
+
+
+def test_latent_structure_replaces_committed_results_only_with_overwrite(latent_structure, tmp_path, capsys):
+    before = committed_files()
+    argv = ["--only", "m2", "--runs", str(tmp_path), "--out", str(RESULTS / "latent_structure.json")]
+    assert latent_structure.main(argv) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert committed_files() == before

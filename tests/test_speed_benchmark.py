@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import load_benchmark
+from conftest import REPO, load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,14 @@ def test_numpyro_peer(speed, data_dir, tmp_path):
     assert len(numpyro) == 1 and numpyro[0]["ms_per_step"] > 0 and numpyro[0]["steps_per_repeat"] == 10
     pyro_record = next(r for r in result["training"] if r["impl"] == "pyro")
     assert pyro_record["vs_numpyro"] == pytest.approx(pyro_record["ms_per_step"] / numpyro[0]["ms_per_step"])
+
+
+def test_committed_results_are_replaced_only_with_overwrite(speed, tmp_path, capsys):
+    """Refused before anything is loaded or timed (the data folder given does not exist)."""
+    out = REPO / "benchmarks" / "results" / "speed_cpu.json"
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        speed.main(["--data-dir", str(tmp_path / "missing"), "--device", "cpu", "--out", str(out)])
+    assert exit_.value.code == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
