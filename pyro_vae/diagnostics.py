@@ -49,9 +49,28 @@ from .errors import ConfigError
 from .evaluation import Estimate, log_likelihood
 
 
-def parameter_groups(vae: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The encoder's (phi: q(z|x)) and the decoder's (theta: p(x|z)) parameters of a :class:`~pyro_vae.VAE`."""
-    return {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.likelihood.parameters())}
+def parameter_groups(module: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Every trainable parameter of ``module``, grouped by the top-level attribute that holds it.
+
+    A submodule's parameters form one group under its name, a parameter of ``module`` itself
+    (a learned prior's location, a :class:`~pyro.nn.PyroParam`) a group of its own under its
+    name. For a :class:`~pyro_vae.VAE` the ``likelihood`` group is called ``"decoder"``: the
+    groups are ``"encoder"`` (phi: q(z|x)), ``"decoder"`` (theta: p(x|z)) and whatever else the
+    model adds. Frozen parameters (``requires_grad=False``) belong to no group; a parameter
+    shared by two submodules belongs to the first.
+    """
+    pyro_params = getattr(module, "_pyro_params", {})
+    children = dict(module.named_children())
+    renames = {"likelihood": "decoder"} if "decoder" not in children else {}
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        head = name.split(".", 1)[0]
+        if head.endswith("_unconstrained") and head[: -len("_unconstrained")] in pyro_params:
+            head = head[: -len("_unconstrained")]
+        groups.setdefault(renames.get(head, head), []).append(parameter)
+    return groups
 
 
 @dataclass

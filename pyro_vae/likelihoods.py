@@ -29,7 +29,7 @@ class BernoulliLikelihood(nn.Module):
         self.net = MLP(in_dim, hidden_dims, self.data_dim, activation)
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=self.net(z), validate_args=False).to_event(1)
+        return dist.Bernoulli(logits=self.net(z)).to_event(1)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder mean E[x|z], used for reconstructions, samples and manifolds."""
@@ -72,7 +72,7 @@ class GaussianLikelihood(nn.Module):
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
         loc, scale = self._loc_scale(z)
-        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+        return dist.Normal(loc, scale).to_event(1)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return self._loc_scale(z)[0]

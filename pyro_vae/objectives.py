@@ -28,9 +28,11 @@ name               K     estimator
                          (Bornschein & Bengio 2015) with per-datapoint weights
 =================  ====  =========================================================================
 
-K is the default number of particles (:data:`DEFAULT_PARTICLES`); ``make_objective(name, K)``
-(``--particles K``) sets another. ``iwae``, ``dreg``, ``renyi-0.5`` and ``tail-adaptive`` need
-K >= 2: with one particle they reduce to the ELBO.
+Each objective is one :class:`Objective` record in :data:`OBJECTIVES` (add one with
+:func:`register`): its factory, K (the default number of particles), the least K it takes, and
+what it requires of a guide. ``make_objective(name, K)`` (``--particles K``) sets another K.
+``iwae``, ``dreg``, ``renyi-0.5``, ``tail-adaptive`` and ``rws`` need K >= 2: with one particle
+the first four reduce to the ELBO, and ``rws``'s q-wake update has nothing to weigh.
 
 Why not :class:`~pyro.infer.RenyiELBO` for ``iwae`` and ``renyi-0.5``: it has no
 ``differentiable_loss`` (so it cannot drive a PyTorch optimizer), and under minibatch
@@ -57,43 +59,83 @@ single-layer VAE that holds trivially. In expectation it equals ``trace``: both 
 same ELBO, ``meanfield`` with the KL term computed exactly, hence lower variance. ``stl`` and
 ``dreg`` need a fully reparameterized guide whose latent sites do not depend on each other's
 samples (:mod:`pyro_vae.estimators`). Only ``trace``, ``tracegraph`` and ``enum`` handle
-discrete latent variables. :func:`check_objective` refuses an objective whose assumptions a
-model's guide breaks, as the model declares them (``mean_field_guide``, ``reparameterized_guide``).
+discrete latent variables.
+
+**What a model declares.** :func:`check_objective` refuses an objective whose assumptions a
+model's guide breaks, as the model declares them in two attributes (absent means ``True``):
+
+* ``mean_field_guide``: the guide satisfies the mean-field condition above (objectives with
+  :attr:`Objective.needs_mean_field_guide`);
+* ``reparameterized_guide``: every latent site of the guide is reparameterized, none discrete
+  (objectives with :attr:`Objective.needs_reparameterized_guide`).
+
+**Validation.** Pyro's checks (distribution arguments and supports, model/guide site matching,
+the mean-field condition) follow Pyro's global switch, :func:`pyro.enable_validation`, which is
+on unless Python runs with ``-O``. The models here leave ``validate_args`` to that switch; a
+loop that wants speed runs under :func:`validation` (``validation(False)``), and
+``validation(None)`` leaves the switch as the user set it.
 """
 
-from typing import Callable, Dict
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional
 
+import pyro
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .errors import ConfigError
 from .estimators import (DoublyReparameterizedELBO, ImportanceWeightedELBO, StickingTheLandingELBO, TailAdaptiveELBO,
                          TraceGraphELBO)
 
-#: ``name -> factory(num_particles, max_plate_nesting) -> ELBO``; add an entry to add an objective.
-OBJECTIVES: Dict[str, Callable[[int, int], ELBO]] = {}
 
-#: Default number of particles per objective (K); an objective not named here uses 1.
-DEFAULT_PARTICLES = {"iwae": 5, "dreg": 5, "renyi-0.5": 5, "tail-adaptive": 5}
+@dataclass(frozen=True)
+class Objective:
+    """One training objective: how to build it and what it needs of K and of a model's guide.
 
-#: Objectives that need at least two particles (with one they are the ELBO).
-MULTI_PARTICLE = ("iwae", "dreg", "renyi-0.5", "tail-adaptive")
+    :param name: the name ``make_objective`` and ``--objective`` take.
+    :param factory: ``factory(num_particles, max_plate_nesting) -> ELBO``.
+    :param summary: one line: the estimator and its reference.
+    :param default_particles: K when none is given.
+    :param least_particles: the smallest K it takes.
+    :param needs_mean_field_guide: exact only for a guide that satisfies the mean-field condition
+        (an analytic KL per site, or detached guide parameters that would cut the path between
+        dependent latent sites).
+    :param needs_reparameterized_guide: needs every latent site of the guide reparameterized; the
+        others also handle discrete latent variables.
+    :param analytic_kl: computes KL(q || p) per site in closed form where one exists (Pyro's
+        :class:`~pyro.infer.TraceMeanField_ELBO`), which is what ``meanfield`` adds to ``trace``.
+    """
 
-#: Objectives that are exact only for a mean-field guide (analytic KL per site, or detached
-#: guide parameters that would cut the path between dependent latent sites).
-MEAN_FIELD_ONLY = ("meanfield", "jit-meanfield", "stl", "dreg")
+    name: str
+    factory: Callable[[int, int], ELBO]
+    summary: str
+    default_particles: int = 1
+    least_particles: int = 1
+    needs_mean_field_guide: bool = False
+    needs_reparameterized_guide: bool = True
+    analytic_kl: bool = False
 
-#: Objectives that handle discrete (non-reparameterized) latent variables.
-DISCRETE_LATENTS = ("trace", "tracegraph", "enum")
+    def __post_init__(self):
+        if not 1 <= self.least_particles <= self.default_particles:
+            raise ConfigError(f"objective {self.name!r}: need 1 <= least_particles <= default_particles, got "
+                              f"{self.least_particles} and {self.default_particles}")
+
+    @property
+    def handles_discrete(self) -> bool:
+        """Whether it takes a guide with discrete (non-reparameterized) latent sites."""
+        return not self.needs_reparameterized_guide
 
 
-def register(name: str) -> Callable:
-    """Decorator adding an objective factory to :data:`OBJECTIVES` under ``name``."""
+#: ``name -> Objective``, in the order of the table above; :func:`register` adds one.
+OBJECTIVES: Dict[str, Objective] = {}
 
-    def add(factory: Callable[[int, int], ELBO]) -> Callable[[int, int], ELBO]:
-        OBJECTIVES[name] = factory
-        return factory
 
-    return add
+def register(objective: Objective) -> Objective:
+    """Add ``objective`` to :data:`OBJECTIVES`; a name already taken is refused."""
+    if objective.name in OBJECTIVES:
+        raise ConfigError(f"an objective called {objective.name!r} is already registered: choose another name")
+    OBJECTIVES[objective.name] = objective
+    return objective
 
 
 def _particles(num_particles: int, max_plate_nesting: int) -> dict:
@@ -101,80 +143,100 @@ def _particles(num_particles: int, max_plate_nesting: int) -> dict:
                 max_plate_nesting=max_plate_nesting)
 
 
-@register("trace")
-def _trace(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return Trace_ELBO(**_particles(num_particles, max_plate_nesting))
-
-
-@register("meanfield")
-def _meanfield(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return TraceMeanField_ELBO(**_particles(num_particles, max_plate_nesting))
-
-
-@register("tracegraph")
-def _tracegraph(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return TraceGraphELBO(**_particles(num_particles, max_plate_nesting))
-
-
-@register("enum")
-def _enum(num_particles: int, max_plate_nesting: int) -> ELBO:
-    # No warning for labelled batches, which have nothing to enumerate.
-    return TraceEnum_ELBO(strict_enumeration_warning=False, **_particles(num_particles, max_plate_nesting))
-
-
-@register("jit-trace")
-def _jit_trace(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return JitTrace_ELBO(ignore_jit_warnings=True, **_particles(num_particles, max_plate_nesting))
-
-
-@register("jit-meanfield")
-def _jit_meanfield(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return JitTraceMeanField_ELBO(ignore_jit_warnings=True, **_particles(num_particles, max_plate_nesting))
-
-
-@register("stl")
-def _stl(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return StickingTheLandingELBO(num_particles, max_plate_nesting)
-
-
-@register("iwae")
-def _iwae(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return ImportanceWeightedELBO(num_particles, max_plate_nesting=max_plate_nesting)
-
-
-@register("dreg")
-def _dreg(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return DoublyReparameterizedELBO(num_particles, max_plate_nesting)
-
-
-@register("renyi-0.5")
-def _renyi(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return ImportanceWeightedELBO(num_particles, alpha=0.5, max_plate_nesting=max_plate_nesting)
-
-
-@register("tail-adaptive")
-def _tail_adaptive(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return TailAdaptiveELBO(num_particles, max_plate_nesting=max_plate_nesting)
+register(Objective(
+    "trace", lambda k, n: Trace_ELBO(**_particles(k, n)),
+    "Trace_ELBO: Monte-Carlo KL, the paper's estimator A", needs_reparameterized_guide=False))
+register(Objective(
+    "meanfield", lambda k, n: TraceMeanField_ELBO(**_particles(k, n)),
+    "TraceMeanField_ELBO: analytic KL, the paper's estimator B", needs_mean_field_guide=True, analytic_kl=True))
+register(Objective(
+    "tracegraph", lambda k, n: TraceGraphELBO(**_particles(k, n)),
+    "TraceGraph_ELBO with a differentiable_loss", needs_reparameterized_guide=False))
+# No warning for labelled batches, which have nothing to enumerate.
+register(Objective(
+    "enum", lambda k, n: TraceEnum_ELBO(strict_enumeration_warning=False, **_particles(k, n)),
+    "TraceEnum_ELBO: discrete guide sites marked for enumeration summed out", needs_reparameterized_guide=False))
+register(Objective(
+    "jit-trace", lambda k, n: JitTrace_ELBO(ignore_jit_warnings=True, **_particles(k, n)),
+    "JitTrace_ELBO: trace compiled by TorchScript"))
+register(Objective(
+    "jit-meanfield", lambda k, n: JitTraceMeanField_ELBO(ignore_jit_warnings=True, **_particles(k, n)),
+    "JitTraceMeanField_ELBO: meanfield compiled by TorchScript", needs_mean_field_guide=True, analytic_kl=True))
+register(Objective(
+    "stl", lambda k, n: StickingTheLandingELBO(k, n),
+    "the ELBO with the sticking-the-landing gradient (Roeder et al. 2017)", needs_mean_field_guide=True))
+register(Objective(
+    "iwae", lambda k, n: ImportanceWeightedELBO(k, max_plate_nesting=n),
+    "the importance-weighted bound (Burda et al. 2016), per datapoint", default_particles=5, least_particles=2))
+register(Objective(
+    "dreg", lambda k, n: DoublyReparameterizedELBO(k, n),
+    "the IWAE bound with the doubly reparameterized gradient (Tucker et al. 2018)", default_particles=5,
+    least_particles=2, needs_mean_field_guide=True))
+register(Objective(
+    "renyi-0.5", lambda k, n: ImportanceWeightedELBO(k, alpha=0.5, max_plate_nesting=n),
+    "the Renyi bound with alpha = 0.5 (Li & Turner 2016), per datapoint", default_particles=5, least_particles=2))
+register(Objective(
+    "tail-adaptive", lambda k, n: TailAdaptiveELBO(k, max_plate_nesting=n),
+    "the tail-adaptive f-divergence gradient (Wang et al. 2018), per datapoint", default_particles=5,
+    least_particles=2))
 
 
 def make_objective(name: str, num_particles: int = 0, max_plate_nesting: int = 1) -> ELBO:
     """The objective called ``name`` with ``num_particles`` particles (0: its default)."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    objective = _record(name)
     if num_particles < 0:
         raise ConfigError(f"the number of particles must be positive, got {num_particles}")
-    particles = num_particles or DEFAULT_PARTICLES.get(name, 1)
-    if name in MULTI_PARTICLE and particles < 2:
-        raise ConfigError(f"the {name} objective needs at least 2 particles: pass --particles 2 or more")
-    return OBJECTIVES[name](particles, max_plate_nesting)
+    particles = num_particles or objective.default_particles
+    if particles < objective.least_particles:
+        raise ConfigError(f"the {name} objective needs at least {objective.least_particles} particles: "
+                          f"pass --particles {objective.least_particles} or more")
+    return objective.factory(particles, max_plate_nesting)
 
 
 def check_objective(name: str, model) -> None:
-    """Raise :class:`ConfigError` if the objective ``name`` is wrong for ``model``'s guide."""
+    """Raise :class:`ConfigError` if the objective ``name`` is wrong for ``model``'s guide.
+
+    ``model`` is the object whose ``model`` and ``guide`` methods are the Pyro programs (a
+    :class:`~pyro_vae.VAE`, any :class:`~pyro.nn.PyroModule`); its ``mean_field_guide`` and
+    ``reparameterized_guide`` attributes (``True`` when absent) say what its guide allows. This
+    reads declarations only; it does not run the programs.
+    """
+    objective = _record(name)
+    if isinstance(model, type) or not all(callable(getattr(model, method, None)) for method in ("model", "guide")):
+        if isinstance(model, type):
+            what, fix = f"the class {model.__name__}", "pass an instance of it"
+        else:
+            label = getattr(model, "__qualname__", None)
+            what = f"the {type(model).__name__} {label}" if label else f"a {type(model).__name__}"
+            fix = "pass the object whose model and guide methods are the Pyro programs, e.g. a pyro_vae.VAE"
+        raise ConfigError(f"the {name} objective needs an object with callable model and guide, got {what}: {fix}")
     model_name = type(model).__name__
-    if name in MEAN_FIELD_ONLY and not getattr(model, "mean_field_guide", True):
+    if objective.needs_mean_field_guide and not getattr(model, "mean_field_guide", True):
         raise ConfigError(f"the {name} objective assumes a mean-field guide, which {model_name} does not have: "
                           "use --objective trace (or tracegraph, iwae)")
-    if name not in DISCRETE_LATENTS and not getattr(model, "reparameterized_guide", True):
+    if objective.needs_reparameterized_guide and not getattr(model, "reparameterized_guide", True):
+        allowed = [other.name for other in OBJECTIVES.values() if other.handles_discrete]
         raise ConfigError(f"{model_name} has discrete latent variables, which the {name} objective cannot "
-                          f"handle: use --objective {' or '.join(DISCRETE_LATENTS[::-1])}")
+                          f"handle: use --objective {' or '.join(allowed[::-1])}")
+
+
+def _record(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+@contextlib.contextmanager
+def validation(enabled: Optional[bool]) -> Iterator[None]:
+    """Pyro's validation checks on (``True``) or off (``False``) inside the block, restored after it;
+    ``None`` leaves Pyro's global switch (:func:`pyro.enable_validation`) as it is.
+
+    The checks read tensor values (argument constraints, the support of observed data), which
+    costs a host read per check on an accelerator; a training loop runs its steps under
+    ``validation(config.validate)`` so that it is fast by default and checked when asked.
+    """
+    if enabled is None:
+        yield
+        return
+    with pyro.validation_enabled(bool(enabled)):
+        yield

@@ -57,13 +57,12 @@ import math
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 
 from .errors import ConfigError
 from .estimators import ParticleELBO
 from .importance import trace_log_density
-from .objectives import DEFAULT_PARTICLES, register
+from .objectives import Objective, register
 
 
 def _gradient_only(term: torch.Tensor) -> torch.Tensor:
@@ -168,14 +167,11 @@ class WakeSleep(ReweightedWakeSleep):
         super().__init__(num_particles=num_particles, insomnia=0.0, max_plate_nesting=max_plate_nesting)
 
 
-@register("wake-sleep")
-def _wake_sleep(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return WakeSleep(num_particles, max_plate_nesting=max_plate_nesting)
-
-
-@register("rws")
-def _rws(num_particles: int, max_plate_nesting: int) -> ELBO:
-    return ReweightedWakeSleep(num_particles, insomnia=1.0, max_plate_nesting=max_plate_nesting)
-
-
-DEFAULT_PARTICLES["rws"] = 5  # Bornschein & Bengio's K = 5; q-wake needs K >= 2
+register(Objective(
+    "wake-sleep", lambda k, n: WakeSleep(k, max_plate_nesting=n),
+    "wake-sleep (Hinton et al. 1995)"))
+# Bornschein & Bengio's K = 5; q-wake needs K >= 2.
+register(Objective(
+    "rws", lambda k, n: ReweightedWakeSleep(k, insomnia=1.0, max_plate_nesting=n),
+    "reweighted wake-sleep (Bornschein & Bengio 2015) with per-datapoint weights", default_particles=5,
+    least_particles=2))

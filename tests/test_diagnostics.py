@@ -1,10 +1,14 @@
 import math
 
+import pyro
 import pytest
 import torch
+from pyro.nn import PyroParam
 from torch import nn
+from torch.distributions import constraints
 
-from pyro_vae import ConfigError, build_vae, make_objective
+from pyro_vae import VAE, ConfigError, build_vae, make_objective
+from pyro_vae.models import build_hierarchical_vae
 from pyro_vae.diagnostics import bound_gap, gradient_statistics, parameter_groups, seconds_per_step
 from test_estimators import linear_gaussian_vae
 
@@ -109,3 +113,34 @@ def test_seconds_per_step_leaves_the_parameters_alone():
     assert 0 < seconds < 10
     assert all(p.grad is None for p in vae.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, vae.parameters()))
+
+
+class LearnedPrior(VAE):
+    """A VAE with a learned prior location (an ``nn.Parameter``) and scale (a ``PyroParam``)."""
+
+    def prior(self, x):
+        return pyro.distributions.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+
+def test_parameter_groups_hold_every_trainable_parameter_of_a_learned_prior():
+    vae = build_vae(10, 3, [8])
+    vae.__class__ = LearnedPrior
+    vae.prior_loc = nn.Parameter(torch.zeros(3))
+    vae.prior_scale = PyroParam(torch.ones(3), constraint=constraints.positive)
+    vae.frozen = nn.Linear(2, 2).requires_grad_(False)
+    groups = parameter_groups(vae)
+    assert set(groups) == {"encoder", "decoder", "prior_loc", "prior_scale"}
+    members = [id(p) for params in groups.values() for p in params]
+    assert len(members) == len(set(members))  # disjoint
+    assert set(members) == {id(p) for p in vae.parameters() if p.requires_grad}
+    assert groups["prior_loc"] == [vae.prior_loc]
+    x = torch.rand(6, 10).round()
+    stats = gradient_statistics(vae.model, vae.guide, make_objective("meanfield"), x, groups, num_draws=3)
+    assert stats["prior_loc"].mean.abs().sum() > 0 and stats["prior_scale"].mean.abs().sum() > 0
+
+
+def test_parameter_groups_name_a_models_own_networks():
+    model = build_hierarchical_vae(10, 4, [8])
+    groups = parameter_groups(model)
+    assert list(groups) == ["encoder", "decoder", "upper_encoder", "upper_decoder"]
+    assert sum(p.numel() for params in groups.values() for p in params) == sum(p.numel() for p in model.parameters())

@@ -6,7 +6,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae import ConfigError, build_vae
+from pyro_vae import VAE, ConfigError, build_vae
 from pyro_vae.likelihoods import GaussianLikelihood
 
 
@@ -94,3 +94,51 @@ def test_classic_svi_trains_the_vae():
     losses = [svi.step(x) for _ in range(300)]
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 2.0
     assert any(name.startswith("encoder") for name in pyro.get_param_store())
+
+
+class ShiftedPrior(VAE):
+    """A VAE whose prior is N(5, 1): generate must draw from it."""
+
+    def prior(self, x):
+        return pyro.distributions.Normal(x.new_full((self.latent_dim,), 5.0), 1.0).to_event(1)
+
+
+def shifted_vae():
+    vae = build_vae(data_dim=6, latent_dim=2, hidden_dims=[4])
+    vae.__class__ = ShiftedPrior
+    return vae
+
+
+def test_generate_draws_from_an_overridden_prior():
+    vae = shifted_vae()
+    z = vae.sample_prior(4000)
+    assert z.shape == (4000, 2)
+    assert torch.allclose(z.mean(0), torch.full((2,), 5.0), atol=0.1)
+    assert torch.allclose(z.std(0), torch.ones(2), atol=0.1)
+    codes = []
+    vae.decode = lambda z: codes.append(z) or z
+    vae.generate(500)
+    assert torch.allclose(codes[0].mean(0), torch.full((2,), 5.0), atol=0.2)
+
+
+def test_a_generator_makes_prior_draws_reproducible_and_leaves_the_global_rng_alone():
+    vae = build_vae(data_dim=6, latent_dim=2, hidden_dims=[4])
+    state = torch.get_rng_state()
+    first = vae.generate(5, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, vae.generate(5, torch.Generator().manual_seed(3)))
+    assert not torch.equal(first, vae.generate(5, torch.Generator().manual_seed(4)))
+    z = vae.sample_prior(4000, torch.Generator().manual_seed(0))
+    assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1.0) < 0.1  # N(0, I)
+    assert abs(shifted_vae().sample_prior(4000, torch.Generator().manual_seed(0)).mean().item() - 5.0) < 0.1
+
+
+def test_a_prior_of_the_wrong_shape_is_refused_in_one_line():
+    class WrongPrior(VAE):
+        def prior(self, x):
+            return pyro.distributions.Normal(x.new_zeros(self.latent_dim + 1), 1.0).to_event(1)
+
+    vae = build_vae(data_dim=6, latent_dim=2, hidden_dims=[4])
+    vae.__class__ = WrongPrior
+    with pytest.raises(ConfigError, match=r"draws z of shape \(3, 3\), not \(3, 2\): return a distribution"):
+        vae.generate(3)

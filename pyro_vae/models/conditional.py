@@ -75,7 +75,7 @@ class ConditionalVAE(VAE):
     def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_data: Optional[int] = None) -> None:
         c = self.context(x, y)
         with self.data_plate(x, num_data):
-            pyro.sample("z", dist.Normal(*self.encoder(concat(x, c)), validate_args=False).to_event(1))
+            pyro.sample("z", dist.Normal(*self.encoder(concat(x, c))).to_event(1))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -87,10 +87,9 @@ class ConditionalVAE(VAE):
     def generate(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Decoder means at draws z ~ p(z): classes 0, 1, ..., C - 1 in turn for a label
         condition; for a top-half condition, blank tops (the model's unconditional guess)."""
-        device = self.top_mask.device
-        z = torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
+        z = self.sample_prior(num_samples, generator)
         if self.condition == "label":
-            return self.decode(z, torch.arange(num_samples, device=device) % self.num_classes)
+            return self.decode(z, torch.arange(num_samples, device=z.device) % self.num_classes)
         return self.likelihood.mean(concat(z, z.new_zeros(num_samples, self.top_mask.numel())))
 
     @torch.no_grad()
@@ -109,7 +108,7 @@ class ConditionalVAE(VAE):
         ``(num_samples, len(x), data_dim)``; only the top halves of ``x`` are read."""
         if self.condition != "top-half":
             raise ConfigError("complete(x) needs a top-half condition: use decode(z, y) for a label condition")
-        z = torch.randn(num_samples, len(x), self.latent_dim, device=x.device, generator=generator)
+        z = self.sample_prior(num_samples * len(x), generator).reshape(num_samples, len(x), self.latent_dim)
         return self.likelihood.mean(concat(z, self.context(x)))
 
 
@@ -120,7 +119,7 @@ class ConditionalVAE(VAE):
         top halves, and eight completions of each."""
         rows = 10
         if self.condition == "label":
-            z = torch.randn(rows, 1, self.latent_dim, device=x.device, generator=generator)
+            z = self.sample_prior(rows, generator)[:, None]
             classes = torch.arange(self.num_classes, device=x.device)
             images = self.decode(z.expand(rows, self.num_classes, -1), classes.expand(rows, -1))
             return {"class_samples": (images.reshape(-1, images.shape[-1]), self.num_classes,

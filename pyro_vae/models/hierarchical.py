@@ -56,14 +56,14 @@ class HierarchicalVAE(VAE):
     def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
         with self.data_plate(x, num_data):
             h2 = pyro.sample("h2", self.prior(x))
-            h1 = pyro.sample("h1", dist.Normal(*self.upper_decoder(h2), validate_args=False).to_event(1))
+            h1 = pyro.sample("h1", dist.Normal(*self.upper_decoder(h2)).to_event(1))
             pyro.sample("x", self.likelihood(h1), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
         with self.data_plate(x, num_data):
-            h1 = pyro.sample("h1", dist.Normal(*self.encoder(x), validate_args=False).to_event(1))
-            pyro.sample("h2", dist.Normal(*self.upper_encoder(h1), validate_args=False).to_event(1))
+            h1 = pyro.sample("h1", dist.Normal(*self.encoder(x)).to_event(1))
+            pyro.sample("h2", dist.Normal(*self.upper_encoder(h1)).to_event(1))
 
     @torch.no_grad()
     def decode(self, h2: torch.Tensor) -> torch.Tensor:

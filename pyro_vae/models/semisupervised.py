@@ -71,12 +71,12 @@ class SemiSupervisedVAE(VAE):
         with self.data_plate(x, num_data):
             observed = None if y is None else self.one_hot(y, x)
             uniform = x.new_zeros(self.num_classes)
-            y_code = pyro.sample("y", dist.OneHotCategorical(logits=uniform, validate_args=False), obs=observed)
+            y_code = pyro.sample("y", dist.OneHotCategorical(logits=uniform), obs=observed)
             z = pyro.sample("z", self.prior(x))
             data = self.generate_data(concat(z, y_code), x)
             if observed is not None and self.aux_weight > 0:
                 with poutine.scale(scale=self.aux_weight):
-                    pyro.sample("y_aux", dist.OneHotCategorical(logits=self.classifier(data), validate_args=False),
+                    pyro.sample("y_aux", dist.OneHotCategorical(logits=self.classifier(data)),
                                 obs=observed)
 
     @pyro_method
@@ -84,11 +84,11 @@ class SemiSupervisedVAE(VAE):
         with self.data_plate(x, num_data):
             data = self.infer_data(x)
             if y is None:
-                y_code = pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(data), validate_args=False),
+                y_code = pyro.sample("y", dist.OneHotCategorical(logits=self.classifier(data)),
                                      infer={"enumerate": "parallel"})
             else:
                 y_code = self.one_hot(y, x)
-            pyro.sample("z", dist.Normal(*self.encoder(concat(data, y_code)), validate_args=False).to_event(1))
+            pyro.sample("z", dist.Normal(*self.encoder(concat(data, y_code))).to_event(1))
 
     # What (y, z) generate. M2 generates the image itself; a stacked model (M1 + M2,
     # :mod:`pyro_vae.models.stacked`) generates another model's code of it and overrides these.
@@ -138,9 +138,8 @@ class SemiSupervisedVAE(VAE):
     @torch.no_grad()
     def generate(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Decoder means at draws z ~ p(z), classes in turn 0, 1, ..., C - 1, 0, ..."""
-        device = next(self.parameters()).device
-        z = torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
-        return self.decode(z, torch.arange(num_samples, device=device) % self.num_classes)
+        z = self.sample_prior(num_samples, generator)
+        return self.decode(z, torch.arange(num_samples, device=z.device) % self.num_classes)
 
     @torch.no_grad()
     def pictures(self, x: torch.Tensor, y: Optional[torch.Tensor], generator: torch.Generator) -> dict:

@@ -51,12 +51,12 @@ class StackedSemiSupervisedVAE(SemiSupervisedVAE):
         return self
 
     def generate_data(self, code: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        z1 = pyro.sample("z1", dist.Normal(*self.likelihood(code), validate_args=False).to_event(1))
+        z1 = pyro.sample("z1", dist.Normal(*self.likelihood(code)).to_event(1))
         pyro.sample("x", self.m1.likelihood(z1), obs=x)
         return z1
 
     def infer_data(self, x: torch.Tensor) -> torch.Tensor:
-        return pyro.sample("z1", dist.Normal(*self.m1.encoder(x), validate_args=False).to_event(1))
+        return pyro.sample("z1", dist.Normal(*self.m1.encoder(x)).to_event(1))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.m1.encoder(x)[0]

@@ -23,7 +23,9 @@ pictures work unchanged: they only use ``model``, ``guide``, :meth:`VAE.inputs`,
 :meth:`VAE.reconstruct`, :meth:`VAE.generate` and the class attributes below.
 """
 
-from typing import Optional, Sequence
+import contextlib
+import itertools
+from typing import Iterator, Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -37,6 +39,19 @@ from ..networks import GaussianEncoder, init_normal_
 from ..plots import latent_grid
 
 MANIFOLD_POINTS = 15
+
+
+@contextlib.contextmanager
+def _seeded_fork(seed: int, device: torch.device) -> Iterator[None]:
+    """The global RNG of the CPU (and of ``device``, if an accelerator) seeded with ``seed`` inside
+    the block, and restored after it; other devices' RNGs are untouched."""
+    accelerator = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if accelerator else [], device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if accelerator:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 class VAE(PyroModule):
@@ -81,9 +96,14 @@ class VAE(PyroModule):
         return pyro.plate("data", num_data, subsample=torch.arange(batch_size, device=x.device), dim=-1)
 
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """p(z) = N(0, I), on the device and in the dtype of ``x``."""
+        """p(z) = N(0, I), on the device and in the dtype of ``x``.
+
+        Override it for another prior (a learned mixture, a VampPrior): the model, :meth:`generate`
+        and :meth:`sample_prior` all draw from it. It returns a distribution over z with event
+        shape ``(latent_dim,)`` and batch shape ``()`` or ``(len(x),)``.
+        """
         zeros = x.new_zeros(self.latent_dim)
-        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
+        return dist.Normal(zeros, 1.0).to_event(1)
 
     @pyro_method
     def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
@@ -95,7 +115,7 @@ class VAE(PyroModule):
     def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
         with self.data_plate(x, num_data):
             loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def inputs(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple:
         """The arguments of ``model`` and ``guide`` for images ``x`` with labels ``y``."""
@@ -108,11 +128,37 @@ class VAE(PyroModule):
         return self.likelihood.mean(loc)
 
     @torch.no_grad()
+    def sample_prior(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``num_samples`` draws z ~ p(z) from :meth:`prior` (learned or not), shape ``(num_samples, latent_dim)``.
+
+        With a ``generator`` the draws are a function of it alone: they are made under a fork of
+        the global RNG seeded from it, which is left as it was.
+        """
+        reference = self._reference(num_samples)
+        if generator is None:
+            return self._draw_prior(reference)
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        with _seeded_fork(seed, reference.device):
+            return self._draw_prior(reference)
+
+    def _reference(self, num_samples: int) -> torch.Tensor:
+        """Zeros standing for a batch of ``num_samples`` data, on the model's device and in its dtype."""
+        like = next(itertools.chain(self.parameters(), self.buffers()))
+        return like.new_zeros(num_samples, getattr(self.likelihood, "data_dim", 0))
+
+    def _draw_prior(self, reference: torch.Tensor) -> torch.Tensor:
+        prior = self.prior(reference)
+        z = prior.sample() if prior.batch_shape else prior.sample((len(reference),))
+        if z.shape != (len(reference), self.latent_dim):
+            raise ConfigError(f"{type(self).__name__}.prior(x) draws z of shape {tuple(z.shape)}, not "
+                              f"{(len(reference), self.latent_dim)}: return a distribution with event shape "
+                              f"({self.latent_dim},) and batch shape () or (len(x),)")
+        return z
+
+    @torch.no_grad()
     def generate(self, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Decoder means E[x|z] at ``num_samples`` draws z ~ p(z)."""
-        device = next(self.parameters()).device
-        z = torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
-        return self.decode(z)
+        """Decoder means E[x|z] at ``num_samples`` draws z ~ p(z) (:meth:`sample_prior`)."""
+        return self.decode(self.sample_prior(num_samples, generator))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
