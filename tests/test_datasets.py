@@ -14,6 +14,8 @@ from torchvision.datasets import MNIST
 from pyro_vae import ConfigError, DataError
 from pyro_vae.datasets import (
     BUNDLED_FREY_FACE,
+    DATASETS,
+    ImageData,
     binarize_once,
     load_dataset,
     load_frey_face,
@@ -80,6 +82,7 @@ def test_mnist_from_the_shared_copy(data_dir):
     assert data.train.shape == (60000, 784) and data.test.shape == (10000, 784)
     assert data.train_labels.shape == (60000,) and set(data.test_labels.unique().tolist()) == set(range(10))
     assert abs(data.train.mean().item() - 0.1307) < 1e-3  # the README's pixel mean
+    assert data.name == "mnist" and data.image_shape == (28, 28) and data.num_classes == 10
 
 
 def idx_images(images: np.ndarray) -> bytes:
@@ -153,7 +156,8 @@ def test_corrupt_mnist_is_refused(tmp_path, mnist_server, damage):
 
 
 def test_unknown_dataset():
-    with pytest.raises(ConfigError, match="frey-face, mnist"):
+    assert DATASETS == ("frey-face", "mnist")
+    with pytest.raises(ConfigError, match="frey-face, mnist, or pass the path of a .npz or .pt file"):
         load_dataset("cifar")
 
 
@@ -187,3 +191,247 @@ def test_prepare_binarization():
     assert torch.equal(binarize_once(data.test), binarize_once(data.test))
     with pytest.raises(ConfigError):
         prepare_binarization(data, "sometimes")
+
+
+# ---- a user's own data -------------------------------------------------------------------------
+
+def own_images(count=7, shape=(4, 3), seed=0):
+    """uint8 images and integer labels 0..2, as a user would have them."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, *shape), dtype=np.uint8), rng.integers(0, 3, count)
+
+
+def test_from_arrays_flattens_and_scales():
+    train, train_labels = own_images(7)
+    test, test_labels = own_images(5, seed=1)
+    data = ImageData.from_arrays(train, test, train_labels, test_labels, name="mine")
+    assert data.name == "mine" and data.image_shape == (4, 3) and data.data_dim == 12
+    assert data.train.shape == (7, 12) and data.test.shape == (5, 12) and data.train.dtype == torch.float32
+    assert torch.equal(data.train, torch.from_numpy(train.reshape(7, 12)).float() / 255)
+    assert data.train_labels.dtype == torch.int64 and data.test_labels.tolist() == test_labels.tolist()
+    assert data.num_classes == 1 + max(train_labels.max(), test_labels.max()) and not data.is_binary()
+    # torch tensors, floats, bools and a channel axis are taken too
+    floats = ImageData.from_arrays(torch.from_numpy(train).double()[:, None] / 255, test[..., None])
+    assert floats.image_shape == (4, 3) and torch.allclose(floats.train, data.train)
+    assert floats.train.dtype == torch.float32 and floats.train_labels is None and floats.num_classes is None
+    binary = ImageData.from_arrays(train > 127, test > 127)
+    assert binary.is_binary() and torch.equal(binary.train, (data.train > 127 / 255).float())
+
+
+@pytest.mark.parametrize("dim, given, expected", [
+    (16, None, (4, 4)),  # a square
+    (12, None, (1, 12)),  # not a square: one row
+    (12, (3, 4), (3, 4)),
+    (12, [2, 6], (2, 6)),
+])
+def test_image_shape_of_rows(dim, given, expected):
+    rows = np.zeros((3, dim), dtype=np.float32)
+    assert ImageData.from_arrays(rows, rows, image_shape=given).image_shape == expected
+
+
+GOOD = np.zeros((4, 3, 2), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(train=np.zeros(6, dtype=np.uint8)), r"train images have shape \(6,\): pass \(N, H, W\)"),
+    (dict(test=np.zeros((2, 3, 3, 2, 1), dtype=np.uint8)), r"test images have shape \(2, 3, 3, 2, 1\)"),
+    (dict(train=np.zeros((4, 3, 2, 3), dtype=np.uint8)), "several colour channels: convert to one grey channel"),
+    (dict(test=np.zeros((4, 7), dtype=np.uint8)), r"train images are 3x2 \(6 pixels\) but test images are 7 pixels"),
+    (dict(test=np.zeros((4, 2, 3), dtype=np.uint8)), "both splits must hold images of one size"),
+    (dict(test=np.zeros((0, 3, 2), dtype=np.uint8)), "test images are empty"),
+    (dict(train=np.zeros((4, 0), dtype=np.uint8)), "have no pixels"),
+    (dict(train=np.full((4, 6), "a")), "not numbers"),
+    (dict(train=np.array([[{}]] * 4, dtype=object)), "dtype object, not numbers"),
+    (dict(train=torch.zeros(4, 6, dtype=torch.complex64)), "pass real uint8"),
+    (dict(train=np.zeros((4, 6), dtype=complex)), "complex128: pass real uint8"),
+    (dict(train=np.zeros((4, 6), dtype=np.int64)), r"int64, which is ambiguous: pass uint8 0..255 .* or floats in \[0, 1\]"),
+    (dict(train=np.full((4, 6), np.nan, dtype=np.float32)), "train images hold NaN or infinite values"),
+    (dict(test=np.full((4, 6), np.inf)), "test images hold NaN or infinite values"),
+    (dict(train=np.full((4, 6), 255.0)), r"values in \[255, 255\], outside \[0, 1\]: divide 0..255 values by 255"),
+    (dict(train=np.full((4, 6), -0.5)), "or rescale to"),
+    (dict(train_labels=np.zeros(3, dtype=int)), r"train labels have shape \(3,\) for 4 images: pass one integer label"),
+    (dict(test_labels=np.zeros((4, 1), dtype=int)), r"test labels have shape \(4, 1\)"),
+    (dict(train_labels=np.zeros(4)), "train labels are of dtype float64: pass integer class indices"),
+    (dict(train_labels=torch.zeros(4)), "labels are of dtype torch.float32"),
+    (dict(train_labels=torch.zeros(4, dtype=torch.bool)), "labels are of dtype torch.bool"),
+    (dict(test_labels=np.array([0, 1, -1, 2])), "test labels include -1: labels must be class indices"),
+    (dict(image_shape=(2, 2)), r"image_shape \(2, 2\) does not hold the images' 6 pixels"),
+    (dict(image_shape=(6,)), "height \\* width = 6"),
+    (dict(image_shape="ab"), "does not hold"),
+    (dict(train=None), "no train images"),
+])
+def test_from_arrays_refuses(change, message):
+    arguments = dict(train=GOOD, test=GOOD, train_labels=None, test_labels=None, image_shape=None) | change
+    with pytest.raises(DataError, match=message) as error:
+        ImageData.from_arrays(**arguments)
+    assert "\n" not in str(error.value)
+
+
+def save(path, contents):
+    """``contents`` (numpy arrays) as a .npz or, as tensors, a .pt."""
+    if path.suffix == ".npz":
+        np.savez(path, **contents)
+    else:
+        torch.save({key: torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+                    for key, value in contents.items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_own_data_file_round_trip(tmp_path, suffix):
+    train, train_labels = own_images(7)
+    test, test_labels = own_images(5, seed=1)
+    contents = dict(train=train.reshape(7, 12), test=test.reshape(5, 12), train_labels=train_labels,
+                    test_labels=test_labels, image_shape=np.array([4, 3]) if suffix == ".npz" else (4, 3))
+    path = save(tmp_path / f"faces{suffix}", contents)
+    expected = ImageData.from_arrays(train, test, train_labels, test_labels)
+    for data in (ImageData.from_file(path), load_dataset(path), load_dataset(str(path))):
+        assert data.name == "faces" and data.source == str(path) and data.image_shape == (4, 3)
+        for field in ("train", "test", "train_labels", "test_labels"):
+            assert torch.equal(getattr(data, field), getattr(expected, field)), field
+    # labels and image_shape are optional
+    rows = save(tmp_path / f"rows{suffix}", dict(train=train.reshape(7, 12), test=test.reshape(5, 12)))
+    data = ImageData.from_file(rows)
+    assert data.image_shape == (1, 12) and data.train_labels is None and torch.equal(data.train, expected.train)
+
+
+@pytest.mark.parametrize("suffix, contents, message", [
+    (".npz", dict(train=GOOD), r"holds no 'test' \(it holds \['train'\]\): save the images under the keys"),
+    (".pt", dict(images=GOOD, labels=GOOD), r"holds no 'train' or 'test' \(it holds \['images', 'labels'\]\)"),
+    (".npz", dict(train=GOOD, test=GOOD, train_label=np.zeros(4, dtype=int)),
+     r"keys \['train_label'\] that are not read: keep only train, test, train_labels"),
+    (".npz", dict(train=np.array([[{}]] * 4, dtype=object), test=GOOD), "pickled Python objects"),
+    (".npz", dict(train=GOOD, test=np.full((4, 6), np.nan)), r"rows.npz: test images hold NaN"),
+    (".pt", dict(train=GOOD, test=np.full((4, 6), 2.0)), r"rows.pt: test images hold values in \[2, 2\]"),
+    (".pt", dict(train=GOOD, test=GOOD, train_labels=np.zeros(4)), "rows.pt: train labels are of dtype"),
+    (".npz", dict(train=GOOD, test=GOOD, image_shape=np.array([2.0, 3.0])), "expected two integers"),
+    (".npz", dict(train=GOOD, test=GOOD, image_shape=np.array([2, 2])), "does not hold the images' 6 pixels"),
+])
+def test_bad_own_data_files_are_refused(tmp_path, suffix, contents, message):
+    path = save(tmp_path / f"rows{suffix}", contents)
+    with pytest.raises(DataError, match=message) as error:
+        ImageData.from_file(path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(DataError, match=message):  # the command line's --dataset FILE reads it so
+        load_dataset(str(path))
+
+
+class Opaque:
+    """Not a tensor: a weights-only load must refuse to unpickle it."""
+
+
+def test_unreadable_own_data_files_are_refused(tmp_path):
+    with pytest.raises(DataError, match="does not exist: pass the path of a .npz or .pt file"):
+        ImageData.from_file(tmp_path / "absent.npz")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(str(tmp_path / "absent.pt"))
+    (tmp_path / "data.csv").write_text("0,1\n")
+    for name in ("data.csv", "data.npy"):
+        with pytest.raises(DataError, match=r"cannot read .* save the data as .npz \(np.savez\) or .pt"):
+            ImageData.from_file(tmp_path / name)
+    with pytest.raises(DataError, match="cannot read .csv"):
+        load_dataset(str(tmp_path / "data.csv"))  # an existing file is read as one, not taken for a name
+    (tmp_path / "text.npz").write_text("not a zip archive")
+    with pytest.raises(DataError, match="text.npz holds pickled Python objects|not a readable .npz"):
+        ImageData.from_file(tmp_path / "text.npz")
+    (tmp_path / "zip.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with pytest.raises(DataError, match="not a readable .npz file"):
+        ImageData.from_file(tmp_path / "zip.npz")
+    with open(tmp_path / "one.npz", "wb") as file:
+        np.save(file, GOOD)
+    with pytest.raises(DataError, match=r"one unnamed array: save named arrays with np.savez\(path, train=..."):
+        ImageData.from_file(tmp_path / "one.npz")
+    torch.save({"train": Opaque(), "test": torch.zeros(2, 3)}, tmp_path / "objects.pt")
+    with pytest.raises(DataError, match="objects other than tensors, which are not read"):
+        ImageData.from_file(tmp_path / "objects.pt")
+    torch.save(torch.zeros(4, 6), tmp_path / "tensor.pt")
+    with pytest.raises(DataError, match=r"holds a Tensor, not a dict: torch.save\(\{'train'"):
+        ImageData.from_file(tmp_path / "tensor.pt")
+    (tmp_path / "text.pt").write_text("not a torch file")
+    with pytest.raises(DataError, match="not a readable .pt file"):
+        ImageData.from_file(tmp_path / "text.pt")
+
+
+class GreyImages(torch.utils.data.Dataset):
+    """A torchvision-style data set: PIL images (mode L) and int labels, an optional transform."""
+
+    def __init__(self, images, labels=None, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index], mode="L")
+        image = self.transform(image) if self.transform else image
+        return image if self.labels is None else (image, int(self.labels[index]))
+
+
+def test_from_datasets_stacks_torchvision_style_items():
+    from torchvision.transforms import ToTensor
+
+    train, train_labels = own_images(7)
+    test, test_labels = own_images(5, seed=1)
+    expected = ImageData.from_arrays(train, test, train_labels, test_labels, name="digits")
+    tensors = ImageData.from_datasets(GreyImages(train, train_labels, ToTensor()),
+                                      GreyImages(test, test_labels, ToTensor()), name="digits")
+    pil = ImageData.from_datasets(GreyImages(train, train_labels), GreyImages(test, test_labels), progress=True)
+    for data in (tensors, pil):
+        assert data.image_shape == (4, 3)
+        for field in ("train", "test", "train_labels", "test_labels"):
+            assert torch.equal(getattr(data, field), getattr(expected, field)), field
+    assert tensors.name == "digits" and "GreyImages" in tensors.source
+    # a TensorDataset yields 1-tuples (x,) or pairs; an iterable data set has no length
+    x, y = torch.from_numpy(train), torch.from_numpy(train_labels)
+    single = ImageData.from_datasets(torch.utils.data.TensorDataset(x), torch.utils.data.TensorDataset(x))
+    assert single.train_labels is None and torch.equal(single.train, expected.train)
+    pairs = ImageData.from_datasets(torch.utils.data.TensorDataset(x, y), GreyImages(test, test_labels))
+    assert torch.equal(pairs.train_labels, expected.train_labels)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(x)
+
+    assert torch.equal(ImageData.from_datasets(Stream(), Stream()).train, expected.train)
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+IMAGE = torch.zeros(1, 4, 3)
+
+
+@pytest.mark.parametrize("items, message", [
+    ([], "the train data set is empty"),
+    ([(IMAGE, 0), IMAGE], "train item 1 lacks a label, item 0 has: yield images alone or"),
+    ([IMAGE, (IMAGE, 1)], "train item 1 has a label, item 0 lacks"),
+    ([IMAGE, torch.zeros(1, 3, 4)], r"train item 1 is torch.float32 of shape \(1, 3, 4\), item 0 torch.float32 of "
+                                    r"\(1, 4, 3\): give all images one size"),
+    ([IMAGE, IMAGE.to(torch.uint8)], "train item 1 is torch.uint8"),
+    ([(IMAGE, 0), (IMAGE, 0.5)], "train item 1 has the label 0.5: yield integer class indices"),
+    ([(IMAGE, True)], "has the label True"),
+    ([(IMAGE, torch.tensor([1, 2]))], "has the label tensor"),
+    ([(IMAGE, 0, "extra")], "train item 0 is a tuple of 3: yield an image or an"),
+    (["a"], "train item 0 is a str, not an image"),
+    ([IMAGE + 255], r"train images hold values in \[255, 255\]"),  # and then everything from_arrays checks
+    ([(IMAGE, -1)], "train labels include -1"),
+])
+def test_from_datasets_refuses(items, message):
+    with pytest.raises(DataError, match=message):
+        ImageData.from_datasets(Items(items), Items([IMAGE]))
+
+
+def test_built_in_data_sets_pass_the_same_checks():
+    data = load_frey_face()
+    assert data.name == "frey-face" and data.source.endswith("frey_rawface.mat") and data.num_classes is None
+    assert not data.is_binary() and prepare_binarization(data, "static")[0].is_binary()
