@@ -47,12 +47,12 @@ def configurations(args) -> dict:
     return {
         "one-layer": TrainConfig(model="vae", latent_dim=50, hidden_dims=[200, 200], **layered),
         "two-layer": TrainConfig(model="hierarchical", latent_dim=100, hidden_dims=[200, 200], **layered),
-        "m2": TrainConfig(model="m2", labels_per_class=10, labelled_weight=args.m2_labelled_weight,
+        "m2": TrainConfig(model="m2", model_args={"labels_per_class": 10, "labelled_weight": args.m2_labelled_weight},
                           epochs=args.m2_epochs, **common),
         "m1": TrainConfig(model="vae", latent_dim=50, hidden_dims=[600, 600], activation="softplus",
                           epochs=args.m1_epochs, **common),
-        "m1m2": TrainConfig(model="m1m2", m1=str(Path(args.runs) / "m1"), latent_dim=10, labels_per_class=10,
-                            epochs=args.m2_epochs, **common),
+        "m1m2": TrainConfig(model="m1m2", model_args={"m1": str(Path(args.runs) / "m1"), "labels_per_class": 10},
+                            latent_dim=10, epochs=args.m2_epochs, **common),
     }
 
 
@@ -60,11 +60,13 @@ def command(config: TrainConfig) -> str:
     """The ``pyro-vae train`` command line of a configuration."""
     words = ["pyro-vae", "train"]
     for key, value in vars(config).items():
-        if value is None or key in ("data_dir", "out") or value == getattr(TrainConfig(), key):
+        if value is None or key in ("data_dir", "out", "model_args") or value == getattr(TrainConfig(), key):
             continue
         values = value if isinstance(value, list) else [value]
         flag = "--hidden-dim" if key == "hidden_dims" else "--" + key.replace("_", "-")
         words += [flag, *map(str, values)]
+    for key, value in config.model_args.items():  # the flags of the built-in models' own options
+        words += ["--" + key.replace("_", "-"), str(value)]
     return " ".join(shlex.quote(word) for word in words + ["--data-dir", "DATA", "--out", config.out])
 
 

@@ -2,19 +2,25 @@
 
 Where things are:
 
-* :mod:`pyro_vae.models` — models and guides, one per module (:class:`VAE`, the two-layer
+* :func:`fit` (:mod:`pyro_vae.engine`) — AEVB for any ``torch.nn.Module`` whose ``model`` and
+  ``guide`` are Pyro programs, on any data; :mod:`pyro_vae.contract` — what it needs of a model,
+  checked before the first step; :mod:`pyro_vae.recipes` — models by import path, and how a run
+  rebuilds its model.
+* :func:`train`, :func:`resume`, :func:`load_run` (:mod:`pyro_vae.training`) — runs from a
+  :class:`TrainConfig` (:mod:`pyro_vae.config`); :mod:`pyro_vae.rundir` — run folders that are
+  never overwritten by accident; :mod:`pyro_vae.step` — one training step;
+  :mod:`pyro_vae.distributed` — data-parallel training under ``torchrun``.
+* :mod:`pyro_vae.models` — the built-in models and their factories (:class:`VAE`, the two-layer
   :class:`HierarchicalVAE`, the semi-supervised :class:`SemiSupervisedVAE` (M2), the
-  :class:`ConditionalVAE`); new latent variables go here.
+  :class:`ConditionalVAE`).
 * :mod:`pyro_vae.networks`, :mod:`pyro_vae.likelihoods` — encoder and decoder networks, p(x|z).
-* :mod:`pyro_vae.objectives` — Pyro's ELBO estimators by name.
+* :mod:`pyro_vae.objectives` — Pyro's ELBO estimators by name, one record each.
 * :mod:`pyro_vae.estimators` — estimators Pyro lacks (STL, DReG, per-datapoint IWAE, Renyi and
   tail-adaptive); :mod:`pyro_vae.diagnostics` — gradient variance and SNR, bound gaps, cost per step.
 * :mod:`pyro_vae.wake_sleep` — the wake-sleep and reweighted wake-sleep baselines.
-* :mod:`pyro_vae.datasets` — MNIST and Frey Face as tensors.
-* :mod:`pyro_vae.training` — the AEVB loop and run directories; :mod:`pyro_vae.step` — one
-  training step; :mod:`pyro_vae.distributed` — data-parallel training under ``torchrun``;
-  :mod:`pyro_vae.evaluation` —
-  ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` — pictures.
+* :mod:`pyro_vae.datasets` — MNIST, Frey Face and your own data as tensors (:class:`ImageData`).
+* :mod:`pyro_vae.evaluation` — ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` —
+  pictures.
 """
 
 from .datasets import ImageData, load_dataset
@@ -29,7 +35,10 @@ from .models import (MODELS, VAE, ConditionalVAE, HierarchicalVAE, SemiSupervise
 from .networks import MLP, GaussianEncoder
 from .objectives import OBJECTIVES, ImportanceWeightedELBO, make_objective
 from . import wake_sleep  # noqa: F401 (registers its objectives)
-from .training import Run, TrainConfig, load_run, resume, train
+from .config import TrainConfig
+from .contract import check_model
+from .engine import Run, fit
+from .training import load_run, resume, train
 
 __version__ = "0.1.0"
 
@@ -38,7 +47,7 @@ __all__ = [
     "DoublyReparameterizedELBO", "GaussianEncoder", "GaussianLikelihood", "HierarchicalVAE", "ImageData",
     "ImportanceWeightedELBO", "MLP", "MODELS", "OBJECTIVES", "PyroVAEError", "Run", "SemiSupervisedVAE",
     "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig", "TrainingError", "TrainingInterrupted", "VAE",
-    "bound_gap", "build_model", "build_vae", "elbo", "gradient_statistics", "load_dataset", "load_run",
+    "bound_gap", "build_model", "build_vae", "check_model", "elbo", "fit", "gradient_statistics", "load_dataset", "load_run",
     "log_importance_weights", "log_likelihood", "make_objective", "parameter_groups", "resume",
     "seconds_per_step", "train",
 ]

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .datasets import BINARIZATIONS, DATASETS
+from .recipes import BUILT_IN, parse_model_args
 from .errors import ConfigError, PyroVAEError, TrainingInterrupted
 from .likelihoods import LIKELIHOODS
-from .models import CONDITIONS, MODELS
+from .models import CONDITIONS
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .step import COMPILE_MODES
-from .training import OPTIMIZERS, TrainConfig
+from .config import OPTIMIZERS, TrainConfig
 
 EXIT_USAGE = 2
 
@@ -67,14 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a VAE and write a run directory",
                                 description="Train a VAE with AEVB and write checkpoint, history, metrics and pictures.")
     defaults = TrainConfig()
-    train.add_argument("--dataset", choices=DATASETS, default=defaults.dataset,
-                       help="data set (default: %(default)s, bundled with the package)")
+    train.add_argument("--dataset", default=defaults.dataset, metavar="{" + ",".join(DATASETS) + "} or FILE",
+                       help="a built-in data set, or a .npz or .pt file of your own with arrays train and test of "
+                            "images (N, H, W) or (N, D), uint8 or in [0, 1], and optional train_labels and "
+                            "test_labels (default: %(default)s, bundled with the package)")
     train.add_argument("--data-dir", help="folder holding MNIST/raw or FreyFace/frey_rawface.mat "
                                           "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
-    train.add_argument("--model", choices=list(MODELS), default=defaults.model,
+    train.add_argument("--model", default=defaults.model, metavar="{" + ",".join(BUILT_IN) + "} or MODULE:FACTORY",
                        help="vae: z -> x; hierarchical: h2 -> h1 -> x (Burda et al.); m2: semi-supervised with a "
                             "class y (Kingma et al. 2014); m1m2: m2 stacked on a trained vae (--m1); cvae: "
-                            "conditioned on a label or the top half of the image (default: %(default)s)")
+                            "conditioned on a label or the top half of the image; or your own model's factory "
+                            "by import path, package.module:function, or by a name registered in the "
+                            "pyro_vae.models entry-point group (default: %(default)s)")
+    train.add_argument("--model-arg", action="append", default=[], dest="model_arg", metavar="KEY=VALUE",
+                       help="a keyword argument of the model's factory, VALUE read as JSON where it parses "
+                            "(numbers, lists, true) and as a string otherwise; repeat for several")
     train.add_argument("--latent-dim", type=_positive_int,
                        help="dimension Nz of z (default: 20 for mnist, 2 for frey-face; hierarchical: 100 for h1, "
                             "h2 has half; m2 and m1m2: 50)")
@@ -114,19 +122,26 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: %(default)s)")
     train.add_argument("--train-size", type=_positive_int,
                        help="train on a random subset of this many training images (default: all)")
-    train.add_argument("--labels-per-class", type=_positive_int, default=defaults.labels_per_class,
-                       help="m2: labelled training images per class; the rest are unlabelled (default: %(default)s)")
-    train.add_argument("--aux-weight", type=_non_negative_float,
-                       help="m2: weight of the classification loss per labelled image (default: 0.1 N / N_labelled, "
-                            "Kingma et al.'s alpha = 0.1 N)")
-    train.add_argument("--labelled-weight", type=_positive_float, default=defaults.labelled_weight,
-                       help="m2, m1m2: how many times each labelled image counts in the objective, its bound and "
-                            "classification loss (default: %(default)s, Kingma et al.'s objective; "
-                            "N_unlabelled / N_labelled weighs both parts equally)")
-    train.add_argument("--condition", choices=CONDITIONS, default=defaults.condition,
-                       help="cvae: what generation is conditioned on (default: %(default)s)")
-    train.add_argument("--m1", metavar="RUN_DIR",
-                       help="m1m2: the run directory of a trained vae (M1) whose codes M2 generates")
+    shorthands = train.add_argument_group("options of the built-in models (shorthands for --model-arg)")
+    shorthands.add_argument("--labels-per-class", type=_positive_int,
+                            help="m2, m1m2: labelled training images per class; the rest are unlabelled (default: 10)")
+    shorthands.add_argument("--aux-weight", type=_non_negative_float,
+                            help="m2, m1m2: weight of the classification loss per labelled image (default: "
+                                 "0.1 N / N_labelled, Kingma et al.'s alpha = 0.1 N)")
+    shorthands.add_argument("--labelled-weight", type=_positive_float,
+                            help="m2, m1m2: how many times each labelled image counts in the objective, its bound "
+                                 "and classification loss (default: 1, Kingma et al.'s objective; "
+                                 "N_unlabelled / N_labelled weighs both parts equally)")
+    shorthands.add_argument("--condition", choices=CONDITIONS,
+                            help="cvae: what generation is conditioned on (default: label)")
+    shorthands.add_argument("--m1", metavar="RUN_DIR",
+                            help="m1m2: the run directory of a trained vae (M1) whose codes M2 generates")
+    train.add_argument("--validate", action="store_true",
+                       help="run Pyro's validation checks (distribution arguments, supports) at every step; they "
+                            "always run once, on a tiny batch, before training")
+    train.add_argument("--allow-mc-kl", action="store_true",
+                       help="let meanfield estimate by Monte Carlo a KL term that has no closed form (a mixture "
+                            "prior, say), with a warning, instead of refusing")
     train.add_argument("--out", default=defaults.out,
                        help="run directory; one that holds a run is refused unless --overwrite (default: a fresh "
                             "folder runs/DATASET-MODEL-DATE-TIME, printed)")
@@ -159,18 +174,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 RESUME_OPTIONS = ("epochs", "data_dir", "checkpoint_every")
+#: Options of the built-in models' factories that have flags of their own.
+SHORTHANDS = ("labels_per_class", "aux_weight", "labelled_weight", "condition", "m1")
 
 
 def _train(args: argparse.Namespace) -> None:
     from . import rundir
-    from .training import DEFAULT_RUNS, resume, train
+    from .engine import DEFAULT_RUNS
+    from .training import resume, train
 
+    model_args = parse_model_args(args.model_arg)
+    for key in SHORTHANDS:
+        value = getattr(args, key)
+        if value is not None:
+            model_args[key] = str(Path(value).expanduser().resolve()) if key == "m1" else value
     options = {key: value for key, value in vars(args).items()
-               if key not in ("command", "quiet", "resume", "overwrite")}
+               if key not in ("command", "quiet", "resume", "overwrite", "model_arg", *SHORTHANDS)}
     if args.resume is None:
-        config = TrainConfig(**options)
+        config = TrainConfig(**options, model_args=model_args)
         if config.out is None:
-            config.out = str(rundir.fresh_folder(DEFAULT_RUNS, f"{config.dataset}-{config.model}"))
+            config.out = str(rundir.fresh_folder(DEFAULT_RUNS, f"{Path(config.dataset).stem}-"
+                                                              f"{config.model.rpartition(':')[2]}"))
             print(f"pyro-vae train: writing the run to {config.out}", file=sys.stderr)
         run = train(config, progress=not args.quiet, overwrite=args.overwrite)
     else:
@@ -178,6 +202,7 @@ def _train(args: argparse.Namespace) -> None:
         clashing = [key for key, value in options.items()
                     if key not in RESUME_OPTIONS and value != getattr(defaults, key)]
         clashing += ["overwrite"] if args.overwrite else []
+        clashing += ["model-arg"] if model_args else []
         if clashing:
             flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
             raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} "
@@ -200,19 +225,22 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from . import evaluation
     from .checkpoint import write_json
-    from .training import load_run, prepare_data, resolve_device
+    from .config import resolve_device
+    from .engine import inputs
+    from .training import load_evaluation_data, load_run
 
-    model, config, _ = load_run(args.run_dir, args.device, args.data_dir)
-    data, _, _ = prepare_data(config, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model, config, checkpoint = load_run(args.run_dir, args.device, args.data_dir)
+    data = load_evaluation_data(config, checkpoint, device)
     if args.compare is not None:  # checked before any work
-        other, other_config, _ = load_run(args.compare, args.device, args.data_dir)
-        other_data, _, _ = prepare_data(other_config, resolve_device(args.device))
+        other, other_config, other_checkpoint = load_run(args.compare, args.device, args.data_dir)
+        other_data = load_evaluation_data(other_config, other_checkpoint, device)
         if other_data.test.shape != data.test.shape or not torch.equal(other_data.test, data.test):
             raise ConfigError(f"--compare {args.compare}: its test images differ from {args.run_dir}'s "
                               f"({other_config.dataset}, binarize {other_config.binarize} against "
                               f"{config.dataset}, binarize {config.binarize}); compare runs on the same data")
     pyro.set_rng_seed(args.seed)
-    test = model.inputs(data.test, data.test_labels)
+    test = inputs(model, data.test, data.test_labels)
     test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet)
     rng_state = pyro.util.get_rng_state()  # to give a compared run the same draws for log p(x)
     test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet)
@@ -225,8 +253,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"test accuracy  {result['test_accuracy']:.4f}")
     if args.compare is not None:
         pyro.util.set_rng_state(rng_state)
-        other_ll = evaluation.log_likelihood(other.model, other.guide, other.inputs(other_data.test, other_data.test_labels),
-                                             args.particles, progress=not args.quiet)
+        other_ll = evaluation.log_likelihood(other.model, other.guide,
+                                             inputs(other, other_data.test, other_data.test_labels), args.particles,
+                                             progress=not args.quiet)
         difference = evaluation.paired_difference(test_ll, other_ll)
         result["compared_with"] = {"run": str(Path(args.compare).resolve()), "test_log_likelihood": other_ll.as_dict(),
                                    "difference": difference.as_dict()}

@@ -8,6 +8,8 @@ non-interactive Agg backend, so pictures are written on machines without a displ
 """
 
 import os
+import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib
@@ -55,11 +57,9 @@ def save_image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int,
     plt.close(fig)
 
 
-def plot_reconstructions(model, x: torch.Tensor, image_shape: Sequence[int], path: os.PathLike,
-                         count: int = 10, labels: Optional[torch.Tensor] = None) -> None:
-    """Data (top row) over their reconstructions E[x | z = mu(x)] (bottom row); ``labels`` for
-    models that take them."""
-    inputs = model.inputs(x[:count], None if labels is None else labels[:count])
+def plot_reconstructions(model, inputs: tuple, image_shape: Sequence[int], path: os.PathLike) -> None:
+    """Data (top row) over their reconstructions ``model.reconstruct(*inputs)`` (bottom row); ``inputs``
+    are the model's arguments for a few test images, the images first."""
     save_image_grid(torch.cat([inputs[0], model.reconstruct(*inputs)]), image_shape, len(inputs[0]), path,
                     "data (top) and reconstructions (bottom)")
 
@@ -99,3 +99,29 @@ def plot_model_pictures(model, x: torch.Tensor, labels: Optional[torch.Tensor], 
         save_image_grid(images, image_shape, nrow, path, title)
         paths.append(path)
     return paths
+
+
+#: The pictures of a run beside its learning curves: file, and the model's method it needs.
+RUN_PICTURES = (("reconstructions.png", "reconstruct"), ("samples.png", "generate"))
+
+
+def draw_run_pictures(model, data, history: Sequence[dict], out, test_inputs: tuple) -> list:
+    """A run's pictures: learning curves, and those the model's optional methods allow
+    (``reconstruct``: reconstructions of ``test_inputs``, the model's arguments for a few test images;
+    ``generate``: samples; ``pictures``: its own, such as the manifold of a 2-D latent space).
+    Returns the pictures skipped, and says which in one line on standard error."""
+    out = Path(out)
+    model.eval()
+    title = data.name + (f", Nz = {model.latent_dim}" if hasattr(model, "latent_dim") else "")
+    plot_learning_curves(history, out / "learning_curve.png", title)
+    skipped = [f"{name} (no {method} method)" for name, method in RUN_PICTURES
+               if not callable(getattr(model, method, None))]
+    if callable(getattr(model, "reconstruct", None)):
+        plot_reconstructions(model, test_inputs, data.image_shape, out / "reconstructions.png")
+    if callable(getattr(model, "generate", None)):
+        plot_samples(model, data.image_shape, out / "samples.png")
+    if callable(getattr(model, "pictures", None)):
+        plot_model_pictures(model, data.test, data.test_labels, data.image_shape, out)
+    if skipped:
+        print(f"pictures skipped: {', '.join(skipped)}", file=sys.stderr)
+    return skipped

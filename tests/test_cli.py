@@ -49,7 +49,7 @@ def one_line_error(capsys, argv, *fragments):
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["train", "--dataset", "cifar"], ["invalid choice", "--dataset"]),
+    (["train", "--dataset", "cifar"], ["unknown dataset 'cifar'", "frey-face, mnist"]),
     (["train", "--latent-dim", "0"], ["--latent-dim", "positive integer"]),
     (["train", "--hidden-dim", "-5"], ["positive integer"]),
     (["train", "--batch-size", "ten"], ["not an integer"]),
@@ -58,7 +58,14 @@ def one_line_error(capsys, argv, *fragments):
     (["train", "--batch-size", "100000", "--epochs", "1"], ["batch-size", "exceeds"]),
     (["train", "--likelihood", "bernoulli", "--binarize", "none"], ["not binary", "--binarize"]),
     (["train", "--model", "m2", "--labelled-weight", "0"], ["--labelled-weight", "positive number"]),
-    (["train", "--labelled-weight", "2", "--epochs", "1"], ["--labelled-weight", "semi-supervised"]),
+    (["train", "--labelled-weight", "2", "--epochs", "1"], ["takes no argument labelled_weight", "it takes"]),
+    (["train", "--model", "no_such_package.models:vamp"], ["cannot import no_such_package.models"]),
+    (["train", "--model", "pyro_vae.models:no_such_factory"], ["has no 'no_such_factory'"]),
+    (["train", "--model", "nonsense"], ["unknown model", "import path"]),
+    (["train", "--model-arg", "latent"], ["KEY=VALUE"]),
+    (["train", "--model-arg", "frobnicate=3"], ["takes no argument frobnicate"]),
+    (["train", "--dataset", "images.csv"], ["unknown dataset", ".npz"]),
+    (["train", "--dataset", "missing.npz"], ["no such file"]),
     (["frobnicate"], ["invalid choice"]),
     ([], ["required"]),
 ])

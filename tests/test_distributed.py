@@ -18,7 +18,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def run(command, **env):
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent), **env}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
 
 
@@ -58,13 +58,15 @@ def test_a_batch_smaller_than_the_processes_is_refused(data_dir, tmp_path, batch
 def test_a_two_process_run_stopped_by_sigterm_resumes_exactly(tmp_path):
     """Every process's random streams and the epoch's position are restored: the resumed run ends with
     the parameters, bit for bit, of an uninterrupted run."""
-    command = TORCHRUN + ["-m", "pyro_vae", "train", "--epochs", "6", "--latent-dim", "2", "--hidden-dim", "8",
-                          "--batch-size", "20", "--eval-particles", "2", "--device", "cpu", "--quiet", "--out"]
+    # a user's model, defined outside pyro_vae and rebuilt from its import path when resumed
+    command = TORCHRUN + ["-m", "pyro_vae", "train", "--model", "user_models:mixture_vae", "--objective", "trace",
+                          "--epochs", "6", "--latent-dim", "2", "--hidden-dim", "8", "--batch-size", "20",
+                          "--eval-particles", "2", "--device", "cpu", "--quiet", "--out"]
     whole = run(command + [str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr
     stopped_dir = tmp_path / "stopped"
-    process = subprocess.Popen(command + [str(stopped_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(command + [str(stopped_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)})
     deadline = time.monotonic() + 300
     while not (stopped_dir / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

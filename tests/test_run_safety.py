@@ -239,8 +239,8 @@ def test_an_m1m2_run_outlives_the_folder_of_its_m1(tmp_path, data_dir):
 
     common = dict(dataset="mnist", data_dir=str(data_dir), train_size=600, epochs=1, eval_particles=2, device="cpu")
     train(TrainConfig(latent_dim=4, hidden_dims=[16], out=str(tmp_path / "m1"), **common), progress=False)
-    stacked = train(TrainConfig(model="m1m2", m1=str(tmp_path / "m1"), latent_dim=3, hidden_dims=[8],
-                                labels_per_class=3, out=str(tmp_path / "m1m2"), **common), progress=False)
+    stacked = train(TrainConfig(model="m1m2", model_args={"m1": str(tmp_path / "m1"), "labels_per_class": 3},
+                                latent_dim=3, hidden_dims=[8], out=str(tmp_path / "m1m2"), **common), progress=False)
     shutil.rmtree(tmp_path / "m1")
     model, _, _ = load_run(tmp_path / "m1m2")
     test = stacked.data.test[:50]

@@ -1,0 +1,154 @@
+"""The model contract: what the engine needs of a model, checked on one tiny batch before training.
+
+The contract (``docs/model_contract.md`` explains each point):
+
+1. ``module.model`` and ``module.guide`` are Pyro programs taking the batch (the images, and the
+   labels for a model whose ``labels`` are ``"all"`` or, for labelled batches, ``"some"``) and the
+   keyword ``num_data=None``.
+2. Every sample site sits inside the data plate, a :class:`pyro.plate` of size ``num_data`` that
+   subsamples the batch (``pyro.plate("data", num_data, subsample=...)``), so that Pyro scales a
+   minibatch's log-densities to the whole training set (the paper's equation 8).
+3. Model and guide have the same latent sites: every sample site of the guide is sampled (not
+   observed) in the model, and every latent site of the model is sampled in the guide.
+4. With K > 1 particles the objectives, and always the importance-sampled log p(x), run model and
+   guide once, vectorized, with an extra batch dimension left of the plates
+   (``max_plate_nesting = 1``): plates use ``dim=-1`` and tensors broadcast over leading dimensions.
+5. ``stl`` and ``dreg`` need a fully reparameterized guide (``has_rsample`` at every site); every
+   objective but ``trace``, ``tracegraph`` and ``enum`` does.
+6. ``meanfield`` is exact when every latent site has a closed-form KL(q || p) (Pyro's
+   :func:`~pyro.distributions.kl_divergence`); for a prior without one (a mixture, a VampPrior)
+   Pyro's ``TraceMeanField_ELBO`` silently falls back to a Monte-Carlo estimate. That is refused
+   unless the user allows it (``allow_mc_kl``, ``--allow-mc-kl``), then warned about.
+
+:func:`check_model` runs model and guide once on two datapoints, with Pyro's validation on, and
+refuses a violation with one line naming the site and the fix.
+"""
+
+import inspect
+import warnings
+from typing import Optional
+
+import pyro
+from pyro import poutine
+from torch.distributions import kl_divergence
+from pyro.infer import ELBO
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from .errors import ConfigError
+from .importance import importance_traces
+from .objectives import OBJECTIVES, check_objective
+
+
+PARTICLE_HINT = (" with K particles model and guide get an extra batch dimension left of the data plate: use dim=-1 "
+                 "for the plate and shapes that broadcast over leading dimensions")
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _sample_sites(trace) -> dict:
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)}
+
+
+def _latent_sites(trace) -> dict:
+    return {name: site for name, site in _sample_sites(trace).items() if not site["is_observed"]}
+
+
+def _takes_num_data(program) -> bool:
+    parameters = inspect.signature(program).parameters.values()
+    return any(p.name == "num_data" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def check_model(module: nn.Module, args: tuple, objective_name: str, objective: Optional[ELBO], num_data: int,
+                allow_mc_kl: bool = False) -> None:
+    """Refuse, with one line naming the site and the fix, a model that breaks the contract above.
+
+    :param args: the arguments of model and guide for a tiny batch (two datapoints).
+    :param objective: the objective to run once on that batch (with its particles); ``None`` to skip.
+    :param num_data: the training set's size, passed as ``num_data``.
+    """
+    name = type(module).__name__
+    for method in ("model", "guide"):
+        if not callable(getattr(module, method, None)):
+            raise ConfigError(f"{name} has no {method} method: a model for pyro-vae is a torch.nn.Module whose "
+                              "model and guide methods are Pyro programs (see docs/model_contract.md)")
+        if not _takes_num_data(getattr(module, method)):
+            raise ConfigError(f"{name}.{method} does not take the keyword num_data: add num_data=None and pass it "
+                              "to the data plate, pyro.plate('data', num_data, subsample=...)")
+    check_objective(objective_name, module)
+    batch_size = len(args[0])
+    with pyro.get_param_store().scope(), pyro.validation_enabled(True):
+        try:
+            guide = poutine.trace(module.guide).get_trace(*args, num_data=num_data)
+        except Exception as error:  # noqa: BLE001 - any failure of the user's program, said in one line
+            raise ConfigError(f"{name}.guide failed on a batch of {batch_size}: {type(error).__name__}: "
+                              f"{_first_line(error)}") from None
+        try:
+            model = poutine.trace(poutine.replay(module.model, trace=guide)).get_trace(*args, num_data=num_data)
+        except Exception as error:  # noqa: BLE001
+            raise ConfigError(f"{name}.model failed on a batch of {batch_size} with the guide's draws: "
+                              f"{type(error).__name__}: {_first_line(error)}") from None
+        _check_sites(name, model, guide, num_data, batch_size)
+        _check_objective_assumptions(name, objective_name, model, guide, allow_mc_kl)
+        try:  # the importance-sampled log p(x) always draws vectorized particles
+            importance_traces(module.model, module.guide, 2, *args)
+        except Exception as error:  # noqa: BLE001
+            raise ConfigError(f"{name} failed with 2 vectorized particles, as the importance-sampled log p(x) draws "
+                              f"them: {type(error).__name__}: {_first_line(error)};{PARTICLE_HINT}") from None
+        if objective is not None and not objective_name.startswith("jit"):
+            try:
+                objective.differentiable_loss(module.model, module.guide, *args, num_data=num_data)
+            except Exception as error:  # noqa: BLE001
+                particles = getattr(objective, "num_particles", 1)
+                raise ConfigError(f"the {objective_name} objective failed on {name} (K = {particles}): "
+                                  f"{type(error).__name__}: {_first_line(error)};"
+                                  f"{PARTICLE_HINT if particles > 1 else ' see docs/model_contract.md'}") from None
+
+
+def _check_sites(name: str, model, guide, num_data: int, batch_size: int) -> None:
+    model_latent, guide_latent = _latent_sites(model), _latent_sites(guide)
+    for site in guide_latent:
+        if site not in _sample_sites(model):
+            raise ConfigError(f"site {site!r} is sampled in {name}.guide but not in the model: add "
+                              f"pyro.sample({site!r}, ...) to the model, or remove it from the guide")
+        if site not in model_latent:
+            raise ConfigError(f"site {site!r} is sampled in {name}.guide but observed in the model: a site is "
+                              "either latent (in both) or observed (in the model only)")
+    for site in model_latent:
+        if site not in guide_latent:
+            raise ConfigError(f"site {site!r} is a latent variable of {name}.model with no counterpart in the guide: "
+                              f"add pyro.sample({site!r}, ...) to the guide")
+    for program, trace in (("model", model), ("guide", guide)):
+        for site_name, site in _sample_sites(trace).items():
+            stack = site["cond_indep_stack"]
+            if not any(frame.vectorized and (frame.full_size or frame.size) == num_data for frame in stack):
+                sizes = [frame.full_size or frame.size for frame in stack]
+                where = f"in plates of sizes {sizes}" if sizes else "outside every plate"
+                raise ConfigError(f"site {site_name!r} of {name}.{program} is {where}, not in the data plate of size "
+                                  f"num_data = {num_data}: sample it inside pyro.plate('data', num_data, "
+                                  "subsample=...) so that a minibatch is scaled to the data set")
+
+
+def _check_objective_assumptions(name: str, objective_name: str, model, guide, allow_mc_kl: bool) -> None:
+    record = OBJECTIVES[objective_name]
+    for site_name, site in _latent_sites(guide).items():
+        if record.needs_reparameterized_guide and not getattr(site["fn"], "has_rsample", False):
+            raise ConfigError(f"site {site_name!r} of {name}.guide ({type(site['fn']).__name__}) is not "
+                              f"reparameterized, which the {objective_name} objective needs: use --objective "
+                              "trace, tracegraph or enum")
+        if record.analytic_kl:
+            prior = model.nodes[site_name]["fn"]
+            try:
+                kl_divergence(site["fn"], prior)
+            except NotImplementedError:
+                message = (f"the {objective_name} objective has no closed-form KL for site {site_name!r} "
+                           f"(q: {type(site['fn']).__name__}, p: {type(prior).__name__}) and would estimate it by "
+                           "Monte Carlo")
+                if not allow_mc_kl:
+                    raise ConfigError(f"{message}: use --objective trace, or --allow-mc-kl (allow_mc_kl=True) to "
+                                      "accept the estimate") from None
+                warnings.warn(message, RuntimeWarning, stacklevel=4)

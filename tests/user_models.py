@@ -1,0 +1,57 @@
+"""Models written as a user would, outside pyro_vae: importable as ``user_models:<factory>`` with
+``tests/`` on the path, as the engine's tests and the command line use them."""
+
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam, pyro_method
+from torch import nn
+
+from pyro_vae import VAE, build_vae
+
+
+class MixturePriorVAE(VAE):
+    """A VAE whose prior p(z) is a learned mixture of ``components`` diagonal Gaussians."""
+
+    def __init__(self, vae: VAE, components: int):
+        super().__init__(vae.encoder, vae.likelihood, vae.latent_dim)
+        self.logits = PyroParam(torch.zeros(components))
+        self.locs = PyroParam(torch.randn(components, vae.latent_dim))
+        self.scales = PyroParam(torch.ones(components, vae.latent_dim), constraint=dist.constraints.positive)
+
+    def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits),
+                                      dist.Normal(self.locs, self.scales).to_event(1))
+
+
+def mixture_vae(data_dim: int, latent_dim: int = 2, hidden_dims=(16,), components: int = 3) -> MixturePriorVAE:
+    return MixturePriorVAE(build_vae(data_dim, latent_dim, list(hidden_dims), "gaussian", "tanh"), components)
+
+
+class PlainVAE(PyroModule):
+    """A VAE written from scratch as one PyroModule: nothing of pyro_vae but the contract."""
+
+    def __init__(self, data_dim: int, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 16), nn.Tanh(), nn.Linear(16, data_dim))
+        self.encoder = nn.Sequential(nn.Linear(data_dim, 16), nn.Tanh(), nn.Linear(16, 2 * latent_dim))
+
+    @pyro_method
+    def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            loc = torch.sigmoid(self.decoder(z))
+            pyro.sample("x", dist.Normal(loc, 0.1).to_event(1), obs=x)
+
+    @pyro_method
+    def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            loc, raw = self.encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def plain_vae(data_dim: int, latent_dim: int = 2) -> PlainVAE:
+    return PlainVAE(data_dim, latent_dim)
