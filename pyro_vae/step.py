@@ -319,9 +319,18 @@ class TrainingStep:
             offset += g.numel()
 
     def _update(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        finite = torch.isfinite(loss)
         if self.clip_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_grad_norm)
-            finite = finite & torch.isfinite(norm)
+        else:  # a finite loss can have an infinite gradient: check it too, on the device
+            norm = _total_norm([p.grad for p in self.parameters if p.grad is not None])
         self.optimizer.step()
-        return loss, finite
+        return loss, torch.isfinite(loss) & torch.isfinite(norm)
+
+
+def _total_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together, without a host sync."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # PyTorch 2.6 and later: one fused kernel per device
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

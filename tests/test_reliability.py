@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pyro
 import pytest
 import scipy.io
 import torch
@@ -19,6 +20,9 @@ from pyro_vae import ConfigError, DataError, TrainConfig, resume, train
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.datasets import load_mnist, read_frey_face
+from pyro_vae.models import build_vae
+from pyro_vae.objectives import make_objective
+from pyro_vae.step import ObjectiveLoss, TrainingStep
 
 SMALL = ["--latent-dim", "2", "--hidden-dim", "16", "--lr", "3e-3", "--eval-particles", "10", "--quiet"]
 
@@ -77,10 +81,71 @@ def test_resume_refuses_other_options(capsys, tmp_path):
     assert "drop --lr" in capsys.readouterr().err
 
 
-def test_gradient_clipping_is_applied(tmp_path):
-    run = train(TrainConfig(latent_dim=2, hidden_dims=[16], epochs=1, eval_particles=5, clip_grad_norm=1.0,
-                            out=str(tmp_path / "clip"), device="cpu"), progress=False)
-    assert run.metrics["config"]["clip_grad_norm"] == 1.0 and np.isfinite(run.metrics["test_elbo"])
+def sgd_step(clip_of_norm):
+    """One TrainingStep with plain SGD (lr 0.5) on a small VAE, clipping at ``clip_of_norm`` times
+    the gradient's norm; returns (parameters before, after, the unclipped gradient, clip value).
+    The gradient comes from the same loss with the same seed, by autograd, outside the step."""
+    torch.manual_seed(0)
+    model = build_vae(12, 3, [16], "bernoulli", "tanh")
+    loss = ObjectiveLoss(model, make_objective("meanfield"))
+    batches = [((torch.bernoulli(torch.full((10, 12), 0.3), generator=torch.Generator().manual_seed(1)),), 600)]
+    params = list(model.parameters())
+    pyro.set_rng_seed(5)
+    gradient = torch.autograd.grad(loss(batches), params)
+    norm = torch.cat([g.reshape(-1) for g in gradient]).norm().item()  # the total 2-norm, by hand
+    before = [p.detach().clone() for p in params]
+    step = TrainingStep(loss, torch.optim.SGD(params, lr=0.5), clip_grad_norm=clip_of_norm * norm)
+    pyro.set_rng_seed(5)
+    _, finite = step(batches)
+    assert bool(finite)
+    return before, [p.detach().clone() for p in params], gradient, norm, clip_of_norm * norm
+
+
+@pytest.mark.parametrize("clip_of_norm", [0.1, 0.5])
+def test_gradient_clipping_rescales_the_step_to_the_clip_norm(clip_of_norm):
+    """SGD moves theta by -lr * g * c / |g| when |g| > c: the step's length is lr * c, along -g."""
+    before, after, gradient, norm, clip = sgd_step(clip_of_norm)
+    assert norm > 1.0  # a gradient worth clipping
+    moved = torch.cat([(a - b).reshape(-1) for a, b in zip(after, before)])
+    expected = torch.cat([(-0.5 * g * clip / norm).reshape(-1) for g in gradient])
+    torch.testing.assert_close(moved, expected, rtol=1e-4, atol=1e-7)
+    assert moved.norm().item() == pytest.approx(0.5 * clip, rel=1e-4)
+
+
+def test_a_gradient_below_the_clip_norm_is_left_alone():
+    before, after, gradient, norm, clip = sgd_step(10.0)
+    for a, b, g in zip(after, before, gradient):
+        torch.testing.assert_close(a - b, -0.5 * g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("clip_grad_norm", [None, 1.0])
+def test_a_non_finite_gradient_of_a_finite_loss_is_reported(clip_grad_norm):
+    """sqrt(theta - stop(theta)) is 0 in value with an infinite gradient: the step must say so, with or
+    without clipping (the step's docstring: "whether loss and gradient were finite")."""
+    class InfiniteGradient(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.theta = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, batches):
+            return (self.theta - self.theta.detach()).sqrt().sum()
+
+    loss = InfiniteGradient()
+    _, finite = TrainingStep(loss, torch.optim.SGD(loss.parameters(), lr=0.1), clip_grad_norm=clip_grad_norm)([])
+    assert not bool(finite)
+
+
+def test_the_training_loop_clips(tmp_path):
+    """Clipped to norm 1e-12, an Adam step is at most lr * 1e-12 / eps = lr * 1e-4 per coordinate, so
+    epochs 2 and 3 (six steps) move no parameter by 1e-4; unclipped they move some by over 1e-3."""
+    def parameters(epochs, clip):
+        config = TrainConfig(latent_dim=2, hidden_dims=[16], epochs=epochs, train_size=300, eval_particles=2,
+                             lr=3e-3, clip_grad_norm=clip, out=str(tmp_path / f"{epochs}-{clip}"), device="cpu")
+        return torch.cat([p.detach().reshape(-1) for p in train(config, progress=False).model.parameters()])
+
+    clipped = (parameters(3, 1e-12) - parameters(1, 1e-12)).abs().max().item()
+    unclipped = (parameters(3, None) - parameters(1, None)).abs().max().item()
+    assert clipped < 1e-5 and unclipped > 1e-3, (clipped, unclipped)
 
 
 # ---------------------------------------------------------------- fuzzing the readers
@@ -183,10 +248,10 @@ def test_fuzzed_arguments_fail_cleanly(capsys, tmp_path_factory, monkeypatch, pa
     class Accepted(Exception):
         pass
 
-    def stop(config, checkpoint, progress):
+    def stop(*args, **kwargs):  # every option is checked before the data is loaded: training would start here
         raise Accepted
 
-    monkeypatch.setattr(training, "_fit", stop)
+    monkeypatch.setattr(training, "load_data", stop)
     argv = ["train", "--out", str(tmp_path_factory.mktemp("run"))]
     for option, value in pairs:
         argv += [option, value]

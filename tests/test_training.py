@@ -2,13 +2,17 @@ import json
 import os
 import pickle
 
+import pyro
 import pytest
 import torch
 
-from pyro_vae import CheckpointError, ConfigError, TrainConfig, TrainingError, load_run, train
+from pyro_vae import CheckpointError, ConfigError, TrainConfig, TrainingError, load_run, resume, train
 from pyro_vae import checkpoint as checkpoint_module
-from pyro_vae import training
+from pyro_vae import engine
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.evaluation import elbo, paired_difference
+from pyro_vae.models import build_model
+from pyro_vae.objectives import OBJECTIVES
 
 
 def small_config(tmp_path, **overrides):
@@ -45,10 +49,25 @@ def test_same_seed_same_run(tmp_path):
     assert [r["test_elbo"] for r in first.history] == [r["test_elbo"] for r in second.history]
 
 
-@pytest.mark.parametrize("objective", ["trace", "jit-meanfield", "iwae"])
-def test_other_objectives_train(tmp_path, objective):
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_every_objective_improves_the_bound(tmp_path, objective):
+    """Two epochs on Frey Face raise the test ELBO (K = 10, the same seed) far above that of a freshly
+    initialised network of the same configuration: by 510 to 860 nats per image (measured), so 300
+    is a margin no objective whose gradient is wrong in sign, scale or detachment reaches."""
     run = train(small_config(tmp_path, objective=objective, epochs=2, eval_every=1), progress=False)
-    assert len(run.history) == 2 and all(r["test_elbo"] == r["test_elbo"] for r in run.history)
+    c = run.metrics["config"]
+    torch.manual_seed(c["seed"])
+    untrained = build_model("vae", run.data.test.shape[1], c["latent_dim"], c["hidden_dims"], c["likelihood"],
+                            c["activation"], c["init_std"])
+    estimates = []
+    for model in (run.model, untrained):
+        pyro.set_rng_seed(1)
+        estimates.append(elbo(model.model, model.guide, run.data.test, num_particles=10))
+    gain = paired_difference(*estimates)
+    assert gain.mean > 300 and gain.mean > 10 * gain.stderr, (gain.mean, gain.stderr)
+    assert run.history[1]["test_elbo"] > run.history[0]["test_elbo"] + 100  # epoch 2 still gains (>= 300 measured)
+    # the recorded figure (one draw per image) is the trained model's ELBO, up to Monte-Carlo noise
+    assert run.history[1]["test_elbo"] == pytest.approx(estimates[0].mean, abs=5 * estimates[0].stderr)
     if objective.startswith("jit"):  # a compiled objective drops the smaller last batch
         assert run.history[0]["samples_seen"] == 1700
 
@@ -73,9 +92,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
         def differentiable_loss(self, model, guide, x, num_data):
             return sum(p.sum() for p in model.__self__.parameters()) * float("nan")
 
-    monkeypatch.setattr(training, "make_objective", lambda *args: Exploding())
-    with pytest.raises(TrainingError, match="non-finite in epoch 1"):
-        train(config, progress=False)
+    monkeypatch.setattr(engine, "make_objective", lambda *args: Exploding())
+    with pytest.raises(TrainingError, match="non-finite in epoch 3"):
+        resume(tmp_path / "run", epochs=4, progress=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved
 
 
@@ -88,7 +107,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", torn_save)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="disk full"):
         save_checkpoint(path, {"step": torch.tensor(2)})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"].item() == 1
