@@ -21,7 +21,7 @@ import torch
 from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the model's recipe, every process's random states, the position in the epoch
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

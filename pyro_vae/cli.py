@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=_non_negative_float, default=defaults.weight_decay,
                        help="L2 penalty on the parameters; since the loss sums over the whole training set, 1 is the paper's N(0, I) prior (default: %(default)s)")
     train.add_argument("--init-std", type=_positive_float,
-                       help="draw all parameters from N(0, std^2); the paper used 0.01 (default: PyTorch's init)")
+                       help="draw all parameters from N(0, std^2); the paper's N(0, 0.01) is a variance, std 0.1 "
+                            "(default: PyTorch's init)")
     train.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="(default: %(default)s)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="(default: %(default)s)")
     train.add_argument("--eval-every", type=_positive_int, default=defaults.eval_every,

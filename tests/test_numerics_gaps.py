@@ -1,4 +1,4 @@
-"""Checks that close the gaps a mutation pass over the core numerics found (issue 14): each one
+"""Checks that close the gaps a mutation pass over the core numerics found: each one
 against something computed independently (by hand, by Python's statistics module, or in closed form)."""
 
 import math
