@@ -62,12 +62,8 @@ import torch
 from pyro_vae import TrainConfig, TrainingError, evaluation, resume, train
 from pyro_vae.likelihoods import GaussianLikelihood
 
-try:  # the library's API as of this script; the older one (training.build_model, prepare_data) below
-    from pyro_vae import engine, recipes
-    from pyro_vae.training import load_data, model_recipe
-except ImportError:  # pragma: no cover - older pyro_vae
-    engine = None
-    from pyro_vae.training import build_model, prepare_data
+from pyro_vae import engine, recipes
+from pyro_vae.training import load_data, model_recipe
 
 INITS = (0.01, 0.1, None)  # None: PyTorch's default initialisation
 LEARNING_RATES = (0.01, 0.02, 0.1)
@@ -95,13 +91,10 @@ def initial_model(config):
     """The model exactly as :func:`pyro_vae.train` initialises it (same seed, same draws), and its data."""
     config = config.resolved()
     pyro.set_rng_seed(config.seed)
-    if engine is not None:  # as pyro_vae.train: seed, load the data, build the model from its recipe
-        raw = load_data(config)
-        model = recipes.build(model_recipe(config, raw))
-        data, _, _ = engine.prepare(raw, config, torch.device("cpu"))  # draws from its own generators only
-        return model, data
-    data, _, _ = prepare_data(config, torch.device("cpu"))  # draws from its own generators only
-    return build_model(config, data.data_dim, data.image_shape, len(data.train)), data
+    raw = load_data(config)  # as pyro_vae.train: seed, load the data, build the model from its recipe
+    model = recipes.build(model_recipe(config, raw))
+    data, _, _ = engine.prepare(raw, config, torch.device("cpu"))  # draws from its own generators only
+    return model, data
 
 
 def z_ignoring_bound(data, gaussian):
