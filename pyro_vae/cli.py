@@ -203,7 +203,8 @@ def _train(args: argparse.Namespace) -> None:
         clashing = [key for key, value in options.items()
                     if key not in RESUME_OPTIONS and value != getattr(defaults, key)]
         clashing += ["overwrite"] if args.overwrite else []
-        clashing += ["model-arg"] if model_args else []
+        clashing += ["model-arg"] if args.model_arg else []
+        clashing += [key for key in SHORTHANDS if getattr(args, key) is not None]
         if clashing:
             flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
             raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} "

@@ -73,6 +73,13 @@ def test_bad_arguments_give_one_line_and_status_2(capsys, tmp_path, argv, fragme
     one_line_error(capsys, [*argv, "--out", str(tmp_path / "run")] if argv[:1] == ["train"] else argv, *fragments)
 
 
+@pytest.mark.parametrize("extra, flag", [(["--model-arg", "components=3"], "--model-arg"),
+                                         (["--labels-per-class", "5"], "--labels-per-class"),
+                                         (["--overwrite"], "--overwrite"), (["--latent-dim", "3"], "--latent-dim")])
+def test_resume_refuses_options_that_would_change_the_run(capsys, tmp_path, extra, flag):
+    one_line_error(capsys, ["train", "--resume", str(tmp_path), *extra], "--resume takes its configuration", flag)
+
+
 def test_missing_mnist_without_network(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
     one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")],
