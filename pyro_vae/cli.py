@@ -9,6 +9,7 @@ step boundary and exits with 128 + the signal's number (143, 130); ``--resume`` 
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -270,6 +271,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m`: --model finds modules here
+        sys.path.insert(0, os.getcwd())
     try:
         {"train": _train, "evaluate": _evaluate}[args.command](args)
     except PyroVAEError as error:

@@ -72,6 +72,9 @@ class Run:
     history: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     out: Optional[Path] = None
+    #: The final importance-sampled test log p(x), with its per-datapoint values (for
+    #: :func:`pyro_vae.evaluation.paired_difference`); ``None`` on processes other than rank 0.
+    test_log_likelihood: Optional[evaluation.Estimate] = None
 
 
 def fit(model: Union[nn.Module, str], data: Union[ImageData, str], *, model_args: Optional[dict] = None,
@@ -402,7 +405,7 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
                "pictures_skipped": skipped, "config": asdict(config), "recipe": model_recipe,
                "environment": environment(device)}
     write_json(out / "metrics.json", metrics)
-    return Run(model, config, data, history, metrics, out)
+    return Run(model, config, data, history, metrics, out, test_ll)
 
 
 def _interrupted(signal_number: int, out: Path, where: str) -> TrainingInterrupted:

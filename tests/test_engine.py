@@ -58,6 +58,8 @@ def test_a_plain_pyro_module_trains_and_its_missing_pictures_are_named(tmp_path,
     model = user_models.plain_vae(560)
     run = fit(model, SMALL, out=tmp_path / "r", progress=False, **QUICK)
     assert run.history[-1]["test_elbo"] > run.history[0]["test_elbo"] + 5
+    assert len(run.test_log_likelihood.values) == 50  # per test image, for a paired comparison
+    assert run.test_log_likelihood.mean == run.metrics["test_log_likelihood"]
     assert run.metrics["pictures_skipped"] == ["reconstructions.png (no reconstruct method)",
                                                "samples.png (no generate method)"]
     assert "pictures skipped: reconstructions.png (no reconstruct method)" in capfd.readouterr().err
@@ -112,6 +114,16 @@ def test_a_users_model_runs_with_the_traced_step(tmp_path):
 
 
 # ---- the command line --------------------------------------------------------------------------------
+
+def test_the_console_script_finds_a_factory_in_the_working_directory(tmp_path):
+    (tmp_path / "here.py").write_text("from user_models import plain_vae\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}  # user_models, not the folder itself
+    script = Path(sys.executable).parent / "pyro-vae"
+    result = subprocess.run([str(script), "train", "--model", "here:plain_vae", "--epochs", "1", "--eval-particles", "2",
+                             "--device", "cpu", "--out", str(tmp_path / "r"), "--quiet"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+
 
 def test_the_command_line_trains_evaluates_and_resumes_a_model_by_import_path(tmp_path):
     np.savez(tmp_path / "faces.npz", train=(FREY.train[:300] * 255).round().to(torch.uint8).numpy().reshape(-1, 28, 20),
