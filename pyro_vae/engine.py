@@ -394,8 +394,9 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
     if not processes.main:
         return Run(model, config, data, history, {}, out)
 
-    test_ll = evaluation.log_likelihood(model.model, model.guide, inputs(model, data.test, data.test_labels),
-                                        config.eval_particles, progress=progress)
+    with validation(config.validate):
+        test_ll = evaluation.log_likelihood(model.model, model.guide, inputs(model, data.test, data.test_labels),
+                                            config.eval_particles, progress=progress)
     final = {key: value for key, value in history[-1].items() if key.startswith(("train_", "test_"))}
     skipped = plots.draw_run_pictures(model, data, history, out, inputs(model, data.test[:10],
                                       None if data.test_labels is None else data.test_labels[:10]))
