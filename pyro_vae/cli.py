@@ -119,9 +119,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="clip the gradient's total norm to this value (default: no clipping)")
     train.add_argument("--compile", choices=COMPILE_MODES, default=defaults.compile,
                        help="trace: record model, guide, objective and backward pass once per batch shape and replay "
-                            "them (same draws as eager, no Pyro overhead); inductor: also compile them with "
-                            "TorchInductor (fastest, compiles for seconds first); see docs/speed.md "
-                            "(default: %(default)s)")
+                            "them (same draws and figures as eager, no Pyro overhead); inductor: also compile them "
+                            "with TorchInductor (compiles for tens of seconds first, other random draws); none: eager "
+                            "Pyro; auto: trace, or eager with one warning where a step cannot be traced (Pyro's jit "
+                            "objectives: eager); see docs/speed.md (default: %(default)s)")
     train.add_argument("--train-size", type=_positive_int,
                        help="train on a random subset of this many training images (default: all)")
     shorthands = train.add_argument_group("options of the built-in models (shorthands for --model-arg)")

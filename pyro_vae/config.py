@@ -67,7 +67,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_particles: int = 1000
     clip_grad_norm: Optional[float] = None
-    compile: str = "none"
+    compile: str = "auto"
     validate: bool = False
     checkpoint_every: Optional[int] = None
     out: Optional[str] = None

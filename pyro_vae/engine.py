@@ -278,8 +278,10 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
                     objective, part_size, allow_mc_kl=config.allow_mc_kl)
     optimizer = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr,
                                config.weight_decay)
+    # "auto" replays the traced step; Pyro's JIT objectives are compiled by TorchScript already.
+    compile_mode = "none" if config.compile == "auto" and config.objective.startswith("jit") else config.compile
     step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective), device), optimizer, config.clip_grad_norm,
-                           compile=config.compile)
+                           compile=compile_mode)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.

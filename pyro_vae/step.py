@@ -47,8 +47,8 @@ from torch import nn
 
 Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 
-#: Values of ``TrainingStep(compile=...)``.
-COMPILE_MODES = ("none", "trace", "inductor")
+#: Values of ``TrainingStep(compile=...)``; ``"auto"`` is ``"trace"`` (see :class:`TrainingStep`).
+COMPILE_MODES = ("auto", "none", "trace", "inductor")
 
 
 class ObjectiveLoss(nn.Module):
@@ -227,7 +227,8 @@ class CompiledLoss:
             try:
                 graph = self.graphs[key] = self._trace(batches)
             except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
-                self._fall_back(f"tracing failed: {type(error).__name__}: {error}")
+                first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+                self._fall_back(f"tracing failed ({type(error).__name__}: {first_line[:200]}); running eagerly")
                 raise _Untraceable from error
         tensors, _ = _flatten(batches)
         try:
@@ -259,9 +260,12 @@ class TrainingStep:
     :param optimizer: a torch optimizer over the model's parameters.
     :param clip_grad_norm: clip the gradient's total norm to this value, if given.
     :param compile: ``"none"`` (default): Pyro runs model, guide and objective every step;
-        ``"trace"`` or ``"inductor"``: a compiled step (see the module's docstring). With a
-        DDP-wrapped loss the compiled step all-reduces the gradients itself (DDP's backward hooks
-        do not run on a traced gradient). ``True``/``False`` mean ``"inductor"``/``"none"``.
+        ``"trace"`` or ``"inductor"``: a compiled step (see the module's docstring); ``"auto"``, the
+        training loop's default, is ``"trace"``: the same draws and figures as eager and no compile
+        time, falling back to eager with one warning for a step that cannot be traced (Inductor,
+        which compiles for tens of seconds first and draws other random numbers, is used only when
+        asked for). With a DDP-wrapped loss the compiled step all-reduces the gradients itself (DDP's
+        backward hooks do not run on a traced gradient). ``True``/``False`` mean ``"inductor"``/``"none"``.
     """
 
     def __init__(self, loss: nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: Optional[float] = None,
@@ -272,6 +276,8 @@ class TrainingStep:
             compile = "none"
         if compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+        if compile == "auto":
+            compile = "trace"
         self.loss = loss
         self.optimizer = optimizer
         self.clip_grad_norm = clip_grad_norm

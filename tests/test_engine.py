@@ -296,3 +296,46 @@ def test_m2_gives_the_history_it_gave_before(tmp_path, data_dir):
     history = train(config, progress=False).history
     assert [(r["test_elbo"], r["test_accuracy"]) for r in history] == [(-546.4904558837891, 0.0802),
                                                                        (-528.8937402709961, 0.0979)]
+
+
+# ---- the default step: the traced replay, with the eager step's figures ---------------------------------
+
+def tiny_labelled_data():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.bernoulli(torch.full((120, 4, 4), 0.4), generator=generator)
+    labels = torch.arange(120) % 3
+    return ImageData.from_arrays(images[:100], images[100:], labels[:100], labels[100:], name="tiny")
+
+
+def built_in_cases():
+    from pyro_vae.models import MODELS, build_model
+    from pyro_vae.objectives import OBJECTIVES, check_objective
+
+    options = {"vae": {}, "hierarchical": {}, "m2": {"labels_per_class": 3}, "cvae": {}}
+    cases = []
+    for name, model_args in options.items():
+        probe = build_model(name, 16, 2, [8], "bernoulli", "tanh", num_classes=3, image_shape=(4, 4), **model_args)
+        for objective in OBJECTIVES:
+            try:
+                check_objective(objective, probe)
+            except ConfigError:
+                continue
+            cases.append((name, model_args, objective))
+    return cases
+
+
+CASES = built_in_cases()
+
+
+@pytest.mark.parametrize("name, model_args, objective", CASES, ids=[f"{name}-{objective}" for name, _, objective in CASES])
+def test_the_default_step_gives_the_eager_steps_figures(tmp_path, name, model_args, objective):
+    data = tiny_labelled_data()
+    runs = {}
+    for mode in ("none", "auto"):
+        runs[mode] = fit(name, data, model_args={"latent_dim": 2, "hidden_dims": [8], "likelihood": "bernoulli",
+                                                 "activation": "tanh", **model_args},
+                         objective=objective, compile=mode, epochs=2, batch_size=40, eval_particles=2, device="cpu",
+                         out=tmp_path / mode, progress=False)
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(runs["auto"].history) == strip(runs["none"].history)
+    assert same_parameters(runs["auto"].model, runs["none"].model)
