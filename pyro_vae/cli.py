@@ -182,8 +182,7 @@ SHORTHANDS = ("labels_per_class", "aux_weight", "labelled_weight", "condition", 
 
 
 def _train(args: argparse.Namespace) -> None:
-    from . import rundir
-    from .engine import DEFAULT_RUNS
+    from .engine import fresh_run_folder
     from .training import resume, train
 
     model_args = parse_model_args(args.model_arg)
@@ -196,8 +195,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume is None:
         config = TrainConfig(**options, model_args=model_args)
         if config.out is None:
-            config.out = str(rundir.fresh_folder(DEFAULT_RUNS, f"{Path(config.dataset).stem}-"
-                                                              f"{config.model.rpartition(':')[2]}"))
+            config.out = str(fresh_run_folder(config))
             print(f"pyro-vae train: writing the run to {config.out}", file=sys.stderr)
         run = train(config, progress=not args.quiet, overwrite=args.overwrite)
     else:

@@ -8,6 +8,7 @@ set's (:data:`DATASET_DEFAULTS`: the paper's networks, one hidden layer of 500 u
 200 for Frey Face). Every check here runs before any data is loaded.
 """
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -156,8 +157,6 @@ class TrainConfig:
 
 def _factory_defaults(model: str) -> set:
     """The network arguments that ``model``'s factory gives defaults of its own."""
-    import inspect
-
     parameters = inspect.signature(recipes.import_factory(model)).parameters
     return {name for name in NETWORK_ARGUMENTS
             if name in parameters and parameters[name].default is not inspect.Parameter.empty}

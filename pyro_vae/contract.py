@@ -24,7 +24,6 @@ The contract (``docs/model_contract.md`` explains each point):
 refuses a violation with one line naming the site and the fix.
 """
 
-import inspect
 import warnings
 from typing import Optional
 
@@ -35,18 +34,14 @@ from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .importance import importance_traces
 from .objectives import OBJECTIVES, check_objective
+from .recipes import declared
 
 
 PARTICLE_HINT = (" with K particles model and guide get an extra batch dimension left of the data plate: use dim=-1 "
                  "for the plate and shapes that broadcast over leading dimensions")
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def _sample_sites(trace) -> dict:
@@ -56,11 +51,6 @@ def _sample_sites(trace) -> dict:
 
 def _latent_sites(trace) -> dict:
     return {name: site for name, site in _sample_sites(trace).items() if not site["is_observed"]}
-
-
-def _takes_num_data(program) -> bool:
-    parameters = inspect.signature(program).parameters.values()
-    return any(p.name == "num_data" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def check_model(module: nn.Module, args: tuple, objective_name: str, objective: Optional[ELBO], num_data: int,
@@ -76,7 +66,8 @@ def check_model(module: nn.Module, args: tuple, objective_name: str, objective: 
         if not callable(getattr(module, method, None)):
             raise ConfigError(f"{name} has no {method} method: a model for pyro-vae is a torch.nn.Module whose "
                               "model and guide methods are Pyro programs (see docs/model_contract.md)")
-        if not _takes_num_data(getattr(module, method)):
+        names, takes_any = declared(getattr(module, method))
+        if "num_data" not in names and not takes_any:
             raise ConfigError(f"{name}.{method} does not take the keyword num_data: add num_data=None and pass it "
                               "to the data plate, pyro.plate('data', num_data, subsample=...)")
     check_objective(objective_name, module)
@@ -86,26 +77,26 @@ def check_model(module: nn.Module, args: tuple, objective_name: str, objective: 
             guide = poutine.trace(module.guide).get_trace(*args, num_data=num_data)
         except Exception as error:  # noqa: BLE001 - any failure of the user's program, said in one line
             raise ConfigError(f"{name}.guide failed on a batch of {batch_size}: {type(error).__name__}: "
-                              f"{_first_line(error)}") from None
+                              f"{first_line(error)}") from None
         try:
             model = poutine.trace(poutine.replay(module.model, trace=guide)).get_trace(*args, num_data=num_data)
         except Exception as error:  # noqa: BLE001
             raise ConfigError(f"{name}.model failed on a batch of {batch_size} with the guide's draws: "
-                              f"{type(error).__name__}: {_first_line(error)}") from None
+                              f"{type(error).__name__}: {first_line(error)}") from None
         _check_sites(name, model, guide, num_data, batch_size)
         _check_objective_assumptions(name, objective_name, model, guide, allow_mc_kl)
         try:  # the importance-sampled log p(x) always draws vectorized particles
             importance_traces(module.model, module.guide, 2, *args)
         except Exception as error:  # noqa: BLE001
             raise ConfigError(f"{name} failed with 2 vectorized particles, as the importance-sampled log p(x) draws "
-                              f"them: {type(error).__name__}: {_first_line(error)};{PARTICLE_HINT}") from None
+                              f"them: {type(error).__name__}: {first_line(error)};{PARTICLE_HINT}") from None
         if objective is not None and not objective_name.startswith("jit"):
             try:
                 objective.differentiable_loss(module.model, module.guide, *args, num_data=num_data)
             except Exception as error:  # noqa: BLE001
                 particles = getattr(objective, "num_particles", 1)
                 raise ConfigError(f"the {objective_name} objective failed on {name} (K = {particles}): "
-                                  f"{type(error).__name__}: {_first_line(error)};"
+                                  f"{type(error).__name__}: {first_line(error)};"
                                   f"{PARTICLE_HINT if particles > 1 else ' see docs/model_contract.md'}") from None
 
 

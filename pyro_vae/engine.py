@@ -123,7 +123,7 @@ def fit(model: Union[nn.Module, str], data: Union[ImageData, str], *, model_args
     else:
         model_recipe = getattr(model, "recipe", None)
         pyro.set_rng_seed(config.seed)
-    return start(model, data, config, model_recipe, in_memory=in_memory, progress=progress, overwrite=overwrite)
+    return run(model, data, config, model_recipe, None, in_memory=in_memory, progress=progress, overwrite=overwrite)
 
 
 def data_arguments(data: ImageData) -> dict:
@@ -132,27 +132,25 @@ def data_arguments(data: ImageData) -> dict:
             "num_classes": data.num_classes}
 
 
+def fresh_run_folder(config: TrainConfig) -> Path:
+    """A new folder ``runs/DATASET-MODEL-DATE-TIME`` for a run without an ``out``."""
+    return rundir.fresh_folder(DEFAULT_RUNS, f"{Path(config.dataset).stem}-{config.model.rpartition(':')[2]}")
+
+
 def claim_folder(config: TrainConfig, overwrite: bool) -> None:
     """Name a fresh run folder if ``config.out`` is ``None``; refuse one that holds a run unless ``overwrite``.
-    Called before any data is loaded."""
+    Called before any data is loaded, by whoever starts a new run with :func:`run`."""
     if config.out is None:
-        config.out = str(rundir.fresh_folder(DEFAULT_RUNS, f"{Path(config.dataset).stem}-"
-                                             f"{config.model.rpartition(':')[2]}").resolve())
+        config.out = str(fresh_run_folder(config).resolve())
     if distributed.launched_rank() == 0:  # the other processes start once rank 0 may have written
         rundir.check_new_run(config.out, overwrite)
 
 
-def start(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe: Optional[dict], *,
-          in_memory: bool = False, progress: bool = True, overwrite: bool = False) -> Run:
-    """Train a new run in ``config.out`` (see :func:`claim_folder`). The caller has seeded the global
-    random stream with ``config.seed`` (before building the model)."""
-    claim_folder(config, overwrite)
-    return run(model, data, config, model_recipe, None, in_memory=in_memory, progress=progress, overwrite=overwrite)
-
-
 def run(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe: Optional[dict],
         checkpoint: Optional[dict], *, in_memory: bool = False, progress: bool = True, overwrite: bool = False) -> Run:
-    """Train ``model`` as ``config`` says, from scratch or from ``checkpoint``, in the processes ``torchrun`` started."""
+    """Train ``model`` as ``config`` says, from scratch (``checkpoint=None``, after :func:`claim_folder` and with
+    the global random stream seeded by ``config.seed`` before the model was built) or from ``checkpoint``, in
+    the processes ``torchrun`` started."""
     out = Path(config.out)
     processes, device = distributed.start(resolve_device(config.device), config.batch_size)
     try:

@@ -6,6 +6,11 @@ status 2, without a traceback.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, for a one-line report of a deeper error."""
+    return next((line for line in str(error).splitlines() if line.strip()), "")
+
+
 class PyroVAEError(Exception):
     """Base class of the errors that carry a user-facing, one-line message."""
 

@@ -45,6 +45,8 @@ import torch
 from pyro.infer import ELBO
 from torch import nn
 
+from .errors import first_line
+
 Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 
 #: Values of ``TrainingStep(compile=...)``; ``"auto"`` is ``"trace"`` (see :class:`TrainingStep`).
@@ -227,8 +229,7 @@ class CompiledLoss:
             try:
                 graph = self.graphs[key] = self._trace(batches)
             except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
-                first_line = next((line for line in str(error).splitlines() if line.strip()), "")
-                self._fall_back(f"tracing failed ({type(error).__name__}: {first_line[:200]}); running eagerly")
+                self._fall_back(f"tracing failed ({type(error).__name__}: {first_line(error)[:200]}); running eagerly")
                 raise _Untraceable from error
         tensors, _ = _flatten(batches)
         try:

@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig, resolve_device
 from .datasets import ImageData, load_dataset
 from .engine import Run
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 
 
 def load_data(config: TrainConfig) -> ImageData:
@@ -52,7 +52,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     if config.likelihood is None and config.is_file:  # a user's data: Bernoulli for binary images
         config.likelihood = "bernoulli" if data.is_binary() else "gaussian"
     recipe = model_recipe(config, data)
-    return engine.start(recipes.build(recipe), data, config, recipe, progress=progress, overwrite=overwrite)
+    return engine.run(recipes.build(recipe), data, config, recipe, None, progress=progress, overwrite=overwrite)
 
 
 def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None, progress: bool = True,
@@ -127,7 +127,7 @@ def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None,
         module.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{run_dir}: the checkpoint's weights do not fit the model "
-                              f"({str(error).splitlines()[0]}): pass the model the run was trained with") from None
+                              f"({first_line(error)}): pass the model the run was trained with") from None
     return module.to(resolve_device(device)), config, checkpoint
 
 

@@ -308,7 +308,7 @@ def tiny_labelled_data():
 
 
 def built_in_cases():
-    from pyro_vae.models import MODELS, build_model
+    from pyro_vae.models import build_model
     from pyro_vae.objectives import OBJECTIVES, check_objective
 
     options = {"vae": {}, "hierarchical": {}, "m2": {"labels_per_class": 3}, "cvae": {}}

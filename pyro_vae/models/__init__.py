@@ -25,6 +25,7 @@ engine needs of any model.
 from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError
+from ..recipes import declared
 from .conditional import CONDITIONS, ConditionalVAE, build_conditional_vae
 from .hierarchical import HierarchicalVAE, build_hierarchical_vae
 from .semisupervised import SemiSupervisedVAE, build_semisupervised_vae
@@ -134,13 +135,11 @@ MODELS = {"vae": vae, "hierarchical": hierarchical, "m2": m2, "m1m2": m1m2, "cva
 def build_model(name: str, data_dim: int, latent_dim: int, hidden_dims: Sequence[int], likelihood: str = "bernoulli",
                 activation: str = "tanh", init_std: Optional[float] = None, **options) -> VAE:
     """The built-in model called ``name`` (a key of :data:`MODELS`), with the arguments its factory takes."""
-    import inspect
-
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     offered = dict(data_dim=data_dim, latent_dim=latent_dim, hidden_dims=hidden_dims, likelihood=likelihood,
                    activation=activation, init_std=init_std, **options)
-    accepted = inspect.signature(MODELS[name]).parameters
+    accepted, _ = declared(MODELS[name])
     return MODELS[name](**{key: value for key, value in offered.items() if key in accepted})
 
 
