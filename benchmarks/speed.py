@@ -9,33 +9,58 @@ dynamically binarized batches drawn by indexing.
 
 Implementations (``impl`` in the JSON):
 
-``pyro``        the project's :class:`pyro_vae.step.TrainingStep` with the objective named, in one of
-                the variants ``eager-foreach`` (the step before issue 6: eager Pyro, ``foreach``
-                Adam), ``eager`` (eager Pyro, fused Adam: the default), ``trace`` and ``inductor``
-                (``compile="trace"`` / ``"inductor"``, fused Adam);
+``pyro``        the project's :class:`pyro_vae.step.TrainingStep` with the objective named and fused
+                Adam, in the variants (``--pyro-variants``)
+
+                * ``default``: what ``pyro-vae train --dataset mnist`` runs (``compile="auto"``
+                  resolved by :func:`pyro_vae.step.choose_compile` for 10 epochs at the batch size, fp32);
+                * ``eager``: Pyro runs model, guide and objective every step (``compile="none"``);
+                * ``trace-split``: the traced graph returns loss and gradients, the optimizer runs
+                  eagerly after it (mode ``trace``);
+                * ``trace``: loss, gradients, clipping and the fused Adam update in one traced graph
+                  (mode ``trace+update``);
+                * ``inductor``: the traced graph up to the gradients compiled by TorchInductor, the
+                  fused Adam after it (mode ``inductor``);
+                * ``eager-bf16``, ``trace-bf16``, ``inductor-bf16``: the same with the matrix
+                  products in bfloat16 (``precision="bf16"``), skipped where the device has no
+                  bfloat16 matrix unit (:func:`pyro_vae.precision.bf16_matrix_unit`).
+
+                Each record has the step's ``mode`` as it ran and ``first_step_seconds`` (the first
+                call, which traces or compiles; also ``compile_seconds`` for Inductor);
 ``torch``       a hand-written PyTorch step of the same network and estimator: ``eager`` (default
-                Adam, the reference of the issue), ``fused`` (``Adam(fused=True)``) and
-                ``compile`` (``torch.compile`` of the loss, fused Adam);
+                Adam), ``fused`` (``Adam(fused=True)``) and ``compile`` (``torch.compile`` of the
+                loss, fused Adam);
 ``numpyro``     NumPyro's SVI with ``TraceMeanField_ELBO`` / ``Trace_ELBO`` and the same network in
                 plain JAX, a whole epoch jitted (``lax.fori_loop`` over its steps), if installed
                 (``pip install -e .[bench]``).
 
-Ratios: ``vs_torch_eager`` (the issue's 0.7x target), ``vs_torch_best`` (the fastest hand-written
-variant of the same estimator) and ``vs_numpyro`` (the same estimator's jitted NumPyro epoch);
-below 1 is faster.
+Ratios: ``vs_torch_eager`` (hand-written PyTorch with default Adam), ``vs_torch_best`` (the fastest
+hand-written variant of the same estimator), ``vs_numpyro`` (the same estimator's jitted NumPyro
+epoch) and ``vs_pyro_eager`` (the project's eager fp32 step); below 1 is faster.
 
 Also timed (unless ``--skip-eval``): the importance-sampled evaluation
-:func:`pyro_vae.evaluation.log_likelihood` with K = 5000 over the test images (``--eval-images``
-of them, extrapolated to 10,000 and marked so in the JSON), for each ``--eval-chunk-sizes``.
+:func:`pyro_vae.evaluation.log_likelihood` with K = ``--eval-particles`` (5000) over
+``--eval-images`` test images, extrapolated to 10,000 and marked so in the JSON, for each
+``--eval-chunk-sizes``: in fp32 with its chunks traced and eager, and in bf16 where the device has
+a bfloat16 matrix unit (``precision`` and ``traced`` in each record).
+
+With ``--epoch``: the wall time of one whole MNIST epoch through :func:`pyro_vae.train` with its
+defaults (meanfield, ``compile="auto"``, fp32), training and the epoch's evaluation of the train
+subset and the test set (``metrics["seconds"]``; the final log p(x), here with one particle, is not
+part of it), beside the jitted NumPyro meanfield epoch at batch 100 (``epoch_vs_numpyro``).
+
+The machine's CPU model, its AMX / AVX512-BF16 / AVX-512 flags, PyTorch's CPU capability, the
+threads used and the load average at start and end are recorded in ``machine``.
 
 It writes JSON and markdown only when given ``--out``; an existing file in ``benchmarks/results/``
 is replaced only with ``--overwrite`` (refused before anything is timed). Usage::
 
     python benchmarks/speed.py --data-dir ../shared/data --out /tmp/speed.json
-    python benchmarks/speed.py --data-dir ../shared/data --out benchmarks/results/speed_cpu.json --overwrite
+    python benchmarks/speed.py --data-dir ../shared/data --epoch --out benchmarks/results/speed_cpu.json --overwrite
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,6 +68,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -57,6 +83,12 @@ NUM_TEST = 10_000
 HIDDEN, LATENT, DATA_DIM = 500, 20, 784
 LR = 1e-3
 
+#: The project's step variants: name -> (compile mode, precision). ``auto`` is resolved as
+#: ``pyro-vae train`` resolves it; ``trace-split`` stops the traced graph at the gradients.
+PYRO_VARIANTS = {"default": ("auto", "fp32"), "eager": ("none", "fp32"), "trace-split": ("trace", "fp32"),
+                 "trace": ("trace", "fp32"), "inductor": ("inductor", "fp32"), "eager-bf16": ("none", "bf16"),
+                 "trace-bf16": ("trace", "bf16"), "inductor-bf16": ("inductor", "bf16")}
+
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -69,11 +101,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per configuration")
     parser.add_argument("--steps", type=int, default=0,
                         help="timed steps per repeat (default: 200 at batch 100 or less, 30 above)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before the first repeat")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="untimed steps before the first repeat (at least one: the first step, timed alone)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--objectives", nargs="+", default=["meanfield", "trace", "iwae"],
                         help="meanfield, trace, iwae (K=5); others run on the pyro side only")
-    parser.add_argument("--pyro-variants", nargs="+", default=["eager-foreach", "eager", "trace", "inductor"])
+    parser.add_argument("--pyro-variants", nargs="+", default=list(PYRO_VARIANTS), choices=list(PYRO_VARIANTS),
+                        metavar="VARIANT", help=f"of {', '.join(PYRO_VARIANTS)} (default: all; bf16 ones are "
+                        "skipped without a bfloat16 matrix unit)")
     parser.add_argument("--torch-variants", nargs="+", default=["eager", "fused", "compile"])
     parser.add_argument("--skip-numpyro", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and XLA (0: their default)")
@@ -82,6 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="test images to evaluate; the time is extrapolated to 10,000")
     parser.add_argument("--eval-particles", type=int, default=5000)
     parser.add_argument("--eval-chunk-sizes", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--epoch", action="store_true",
+                        help="also time one whole MNIST epoch through pyro_vae.train, with its evaluation")
     parser.add_argument("--profile", action="store_true",
                         help="add a torch.profiler summary of each pyro variant at the first batch size")
     parser.add_argument("--out", default=None, help="JSON file; a .md summary is written beside it")
@@ -129,20 +166,39 @@ class PeakMemory:
         return "torch.cuda.max_memory_allocated" if self.device.type == "cuda" else "peak RSS of the process (VmHWM)"
 
 
-def machine_info(device) -> dict:
-    import torch
-    info = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": str(device)}
+def cpu_model_and_flags() -> tuple[str, set]:
+    """The CPU's model name and its flags, from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    model, flags = "", set()
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        info["load_average_at_start"] = os.getloadavg()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    return model or platform.processor(), flags
+
+
+def load_average() -> Optional[tuple]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def machine_info(device) -> dict:
+    import torch
+    from pyro_vae.precision import bf16_matrix_unit
+    cpu_model, flags = cpu_model_and_flags()
+    info = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
+            "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+            "cpu_amx": bool(flags & {"amx_tile", "amx_bf16"}), "cpu_avx512_bf16": "avx512_bf16" in flags,
+            "cpu_avx512": "avx512f" in flags, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_matrix_unit": bf16_matrix_unit(device), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "load_average_at_start": load_average()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     import pyro
@@ -179,18 +235,46 @@ class Batches:
         return torch.bernoulli(self.train[index], generator=self.generator)
 
 
-def pyro_step(objective: str, variant: str, device) -> Callable:
-    """The project's training step for ``objective`` in ``variant``; returns ``step(batch)``."""
-    import torch
-    from pyro_vae.models import build_vae
-    from pyro_vae.objectives import make_objective
-    from pyro_vae.step import ObjectiveLoss, TrainingStep, make_optimizer
+class PyroStep:
+    """The project's training step for one objective and variant; ``step(batch)`` returns the loss."""
 
-    model = build_vae(DATA_DIM, LATENT, [HIDDEN], "bernoulli", "tanh").to(device)
-    optimizer = make_optimizer("adam", model.parameters(), LR, fused=False if variant == "eager-foreach" else None)
-    compile_mode = variant if variant in ("trace", "inductor") else "none"
-    step = TrainingStep(ObjectiveLoss(model, make_objective(objective)), optimizer, compile=compile_mode)
-    return lambda batch: step([((batch,), NUM_TRAIN)])[0]
+    def __init__(self, objective: str, variant: str, device, batch_size: int):
+        from pyro_vae.config import DATASET_DEFAULTS
+        from pyro_vae.models import build_vae
+        from pyro_vae.objectives import make_objective
+        from pyro_vae.step import CompiledStep, ObjectiveLoss, TrainingStep, choose_compile, make_optimizer
+
+        compile_mode, precision = PYRO_VARIANTS[variant]
+        if compile_mode == "auto":  # as `pyro-vae train --dataset mnist` resolves it for its epochs
+            compile_mode = choose_compile("auto", DATASET_DEFAULTS["mnist"]["epochs"] * (NUM_TRAIN // batch_size))
+        model = build_vae(DATA_DIM, LATENT, [HIDDEN], "bernoulli", "tanh").to(device)
+        loss = ObjectiveLoss(model, make_objective(objective), precision)
+        self.step = TrainingStep(loss, make_optimizer("adam", model.parameters(), LR), compile=compile_mode)
+        if variant == "trace-split":  # no optimizer in the graph: it returns loss and gradients
+            self.step.compiled = CompiledStep(loss, "trace")
+        expected = {"none": "none", "trace": "trace" if variant == "trace-split" else "trace+update",
+                    "inductor": "inductor"}[compile_mode]
+        assert self.step.mode == expected, (variant, self.step.mode)
+
+    @property
+    def mode(self) -> str:
+        """The step that runs (eager after a fallback)."""
+        return self.step.mode
+
+    def __call__(self, batch):
+        return self.step([((batch,), NUM_TRAIN)])[0]
+
+
+def pyro_variants(args, device) -> list:
+    """The ``--pyro-variants`` that can run on ``device``: bf16 ones need a bfloat16 matrix unit."""
+    from pyro_vae.precision import bf16_matrix_unit
+    if bf16_matrix_unit(device) is not None:
+        return list(args.pyro_variants)
+    skipped = [v for v in args.pyro_variants if PYRO_VARIANTS[v][1] == "bf16"]
+    if skipped:
+        print(f"note: skipping {', '.join(skipped)}: {device} has no bfloat16 matrix unit (AMX, AVX512-BF16, CUDA)",
+              file=sys.stderr, flush=True)
+    return [v for v in args.pyro_variants if v not in skipped]
 
 
 def hand_written_step(objective: str, variant: str, device, particles: int = 5) -> Callable:
@@ -316,7 +400,6 @@ def numpyro_epoch(objective: str, train_numpy, batch_size: int, steps: int) -> O
 
 
 def profile_step(step: Callable, batches: Callable, device, steps: int = 50) -> str:
-    import torch
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -339,13 +422,15 @@ def time_training(args, device, train) -> tuple[list, dict]:
             train_numpy = train.cpu().numpy()
         except ImportError:
             numpyro_ok = False
+    variants = pyro_variants(args, device)
     for batch_size in args.batch_sizes:
         steps = args.steps or (200 if batch_size <= 100 else 30)
         steps_per_epoch = NUM_TRAIN // batch_size
         configs = []  # (impl, objective, variant, make)
         for objective in args.objectives:
-            for variant in args.pyro_variants:
-                configs.append(("pyro", objective, variant, lambda o=objective, v=variant: pyro_step(o, v, device)))
+            for variant in variants:
+                configs.append(("pyro", objective, variant,
+                                lambda o=objective, v=variant: PyroStep(o, v, device, batch_size)))
             if objective in ("meanfield", "trace", "iwae"):
                 for variant in args.torch_variants:
                     configs.append(("torch", objective, variant,
@@ -364,15 +449,22 @@ def time_training(args, device, train) -> tuple[list, dict]:
                 if runner is None:
                     continue
                 batches = Batches(train, batch_size)
+                first_step = None
                 if impl == "numpyro":
                     runner()  # compiles
                 else:
-                    for _ in range(args.warmup):
+                    synchronize(device)
+                    first_start = time.perf_counter()
+                    runner(batches())  # traces or compiles a compiled step
+                    synchronize(device)
+                    first_step = time.perf_counter() - first_start
+                    for _ in range(args.warmup - 1):
                         runner(batches())
                     synchronize(device)
             setup = time.perf_counter() - start
             state.append({"impl": impl, "objective": objective, "variant": variant, "run": runner,
-                          "batches": batches, "setup_s": setup, "times": [], "peak_mb": memory.read_mb()})
+                          "batches": batches, "setup_s": setup, "first_step_s": first_step, "times": [],
+                          "peak_mb": memory.read_mb()})
             print(f"  ready: batch {batch_size} {impl:8s} {objective:10s} {variant:14s} setup {setup:6.1f} s",
                   file=sys.stderr, flush=True)
         for repeat in range(args.repeats):
@@ -397,12 +489,19 @@ def time_training(args, device, train) -> tuple[list, dict]:
                 entry["peak_mb"] = max(entry["peak_mb"], memory.read_mb())
         for entry in state:
             ms = statistics.median(entry["times"]) * 1e3
-            records.append({"impl": entry["impl"], "objective": entry["objective"], "variant": entry["variant"],
-                            "batch_size": batch_size, "ms_per_step": ms,
-                            "ms_per_step_repeats": [t * 1e3 for t in entry["times"]],
-                            "s_per_epoch": ms * steps_per_epoch / 1e3, "samples_per_s": batch_size / ms * 1e3,
-                            "peak_memory_mb": entry["peak_mb"], "setup_s": entry["setup_s"],
-                            "steps_per_repeat": steps_per_epoch if entry["impl"] == "numpyro" else steps})
+            record = {"impl": entry["impl"], "objective": entry["objective"], "variant": entry["variant"],
+                      "batch_size": batch_size, "ms_per_step": ms,
+                      "ms_per_step_repeats": [t * 1e3 for t in entry["times"]],
+                      "s_per_epoch": ms * steps_per_epoch / 1e3, "samples_per_s": batch_size / ms * 1e3,
+                      "peak_memory_mb": entry["peak_mb"], "setup_s": entry["setup_s"],
+                      "first_step_seconds": entry["first_step_s"],
+                      "steps_per_repeat": steps_per_epoch if entry["impl"] == "numpyro" else steps}
+            if entry["impl"] == "pyro":
+                record["mode"] = entry["run"].mode
+                record["precision"] = PYRO_VARIANTS[entry["variant"]][1]
+                if record["mode"].startswith("inductor"):
+                    record["compile_seconds"] = entry["first_step_s"]
+            records.append(record)
         if args.profile and batch_size == args.batch_sizes[0]:
             for entry in state:
                 if entry["impl"] == "pyro" and entry["objective"] == args.objectives[0]:
@@ -422,9 +521,11 @@ def add_ratios(records: list) -> None:
         return min(found, key=lambda r: r["ms_per_step"]) if found else None
 
     for record in records:
-        for name, reference in (("vs_torch_eager", find("torch", record["objective"], record["batch_size"], "eager")),
-                                ("vs_torch_best", find("torch", record["objective"], record["batch_size"])),
-                                ("vs_numpyro", find("numpyro", record["objective"], record["batch_size"]))):
+        key = record["objective"], record["batch_size"]
+        for name, reference in (("vs_torch_eager", find("torch", *key, "eager")),
+                                ("vs_torch_best", find("torch", *key)),
+                                ("vs_numpyro", find("numpyro", *key)),
+                                ("vs_pyro_eager", find("pyro", *key, "eager"))):
             record[name] = record["ms_per_step"] / reference["ms_per_step"] if reference else None
         record["fastest_of_objective"] = False
     for key in {(r["objective"], r["batch_size"]) for r in records}:
@@ -432,28 +533,81 @@ def add_ratios(records: list) -> None:
         best["fastest_of_objective"] = True
 
 
+@contextlib.contextmanager
+def evaluation_probe(eager: bool):
+    """Collect the chunk evaluators that :func:`~pyro_vae.evaluation.log_likelihood` makes, to see
+    whether they traced; ``eager`` keeps them from tracing. Restores the module as it was."""
+    from pyro_vae import evaluation
+    original, threshold = evaluation._LogWeights, evaluation._LogWeights.MIN_CHUNKS_TO_TRACE
+    made = []
+
+    class Probe(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    evaluation._LogWeights = Probe
+    if eager:
+        original.MIN_CHUNKS_TO_TRACE = 10**9
+    try:
+        yield made
+    finally:
+        evaluation._LogWeights = original
+        original.MIN_CHUNKS_TO_TRACE = threshold
+
+
 def time_evaluation(args, device, test) -> list:
+    """log p(x) with K = ``--eval-particles`` per chunk size: fp32 traced and eager, bf16 traced."""
     import torch
     from pyro_vae.evaluation import log_likelihood
     from pyro_vae.models import build_vae
+    from pyro_vae.precision import bf16_matrix_unit
     memory = PeakMemory(device)
     torch.manual_seed(0)
     model = build_vae(DATA_DIM, LATENT, [HIDDEN], "bernoulli", "tanh").to(device)
     x = torch.bernoulli(test[:args.eval_images], generator=torch.Generator(device=device).manual_seed(0))
+    runs = [("fp32", False), ("fp32", True)] + ([("bf16", False)] if bf16_matrix_unit(device) is not None else [])
     results = []
     for chunk_size in args.eval_chunk_sizes:
-        memory.reset()
-        synchronize(device)
-        start = time.perf_counter()
-        estimate = log_likelihood(model.model, model.guide, x, num_particles=args.eval_particles, chunk_size=chunk_size)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        results.append({"num_particles": args.eval_particles, "images_timed": len(x), "chunk_size": chunk_size,
-                        "seconds": seconds, "seconds_for_10000_images": seconds * NUM_TEST / len(x),
-                        "extrapolated": len(x) != NUM_TEST, "peak_memory_mb": memory.read_mb(),
-                        "log_likelihood_untrained": estimate.mean})
-        print(f"  eval chunk {chunk_size}: {seconds:.1f} s for {len(x)} images", file=sys.stderr, flush=True)
+        for precision, eager in runs:
+            if eager and not results[-1]["traced"]:
+                continue  # too few chunks to trace: the fp32 run above was eager already
+            memory.reset()
+            with evaluation_probe(eager) as made:
+                synchronize(device)
+                start = time.perf_counter()
+                estimate = log_likelihood(model.model, model.guide, x, num_particles=args.eval_particles,
+                                          chunk_size=chunk_size, precision=precision)
+                synchronize(device)
+                seconds = time.perf_counter() - start
+            traced = bool(made) and all(m.trace_graphs and m.graphs for m in made)
+            results.append({"num_particles": args.eval_particles, "images_timed": len(x), "chunk_size": chunk_size,
+                            "precision": precision, "traced": traced, "seconds": seconds,
+                            "seconds_for_10000_images": seconds * NUM_TEST / len(x),
+                            "extrapolated": len(x) != NUM_TEST, "peak_memory_mb": memory.read_mb(),
+                            "log_likelihood_untrained": estimate.mean})
+            print(f"  eval chunk {chunk_size} {precision} {'traced' if traced else 'eager'}: {seconds:.1f} s for "
+                  f"{len(x)} images", file=sys.stderr, flush=True)
     return results
+
+
+def time_epoch(args, device, training: list) -> dict:
+    """One MNIST epoch through :func:`pyro_vae.train` with its defaults, beside NumPyro's epoch."""
+    from pyro_vae import TrainConfig, train
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = train(TrainConfig(dataset="mnist", data_dir=args.data_dir, device=device.type, epochs=1,
+                                eval_particles=1, out=str(Path(folder) / "run")), progress=False, overwrite=True)
+    seconds = run.metrics["seconds"]
+    numpyro = next((r for r in training if r["impl"] == "numpyro" and r["objective"] == "meanfield"
+                    and r["batch_size"] == 100), None)
+    numpyro_seconds = numpyro["ms_per_step"] * (NUM_TRAIN // 100) / 1e3 if numpyro else None
+    result = {"objective": run.config.objective, "batch_size": run.config.batch_size,
+              "mode": run.metrics["environment"]["training_step"], "precision": run.config.precision,
+              "seconds": seconds, "numpyro_epoch_seconds": numpyro_seconds,
+              "epoch_vs_numpyro": seconds / numpyro_seconds if numpyro_seconds else None}
+    print(f"  epoch through pyro_vae.train: {seconds:.1f} s ({result['mode']})", file=sys.stderr, flush=True)
+    return result
 
 
 # ------------------------------------------------------------------------------------- reporting
@@ -463,38 +617,68 @@ def fmt(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def yes_no(value) -> str:
+    return "yes" if value else "no"
+
+
 def table(records: list) -> str:
-    lines = ["| batch | objective | impl | variant | ms/step | s/epoch | samples/s | vs torch eager | "
-             "vs torch best | vs NumPyro | peak MB |",
-             "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| batch | objective | impl | variant | mode | ms/step | s/epoch | samples/s | vs torch eager | "
+             "vs torch best | vs NumPyro | vs Pyro eager | first step s | peak MB |",
+             "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted(records, key=lambda r: (r["batch_size"], r["objective"], r["impl"] != "pyro", r["impl"],
-                                            r["ms_per_step"])):
+                                            r["variant"] != "default", r["ms_per_step"])):
+        variant = "**default** (pyro-vae train)" if r["impl"] == "pyro" and r["variant"] == "default" else r["variant"]
         mark = " **(fastest)**" if r["fastest_of_objective"] else ""
-        lines.append(f"| {r['batch_size']} | {r['objective']} | {r['impl']} | {r['variant']}{mark} | "
+        lines.append(f"| {r['batch_size']} | {r['objective']} | {r['impl']} | {variant}{mark} | {r.get('mode', '-')} | "
                      f"{r['ms_per_step']:.2f} | {r['s_per_epoch']:.2f} | {r['samples_per_s']:.0f} | "
                      f"{fmt(r['vs_torch_eager'])} | {fmt(r['vs_torch_best'])} | {fmt(r['vs_numpyro'])} | "
-                     f"{r['peak_memory_mb']:.0f} |")
+                     f"{fmt(r['vs_pyro_eager'])} | {fmt(r.get('first_step_seconds'))} | {r['peak_memory_mb']:.0f} |")
     return "\n".join(lines)
 
 
+def evaluation_table(evaluation: list) -> str:
+    lines = ["| K | images timed | chunk size | precision | traced | seconds | seconds for 10,000 images | peak MB |",
+             "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    for e in evaluation:
+        lines.append(f"| {e['num_particles']} | {e['images_timed']} | {e['chunk_size']} | {e['precision']} | "
+                     f"{yes_no(e['traced'])} | {e['seconds']:.1f} | {e['seconds_for_10000_images']:.0f}"
+                     f"{' (extrapolated)' if e['extrapolated'] else ''} | {e['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def epoch_table(epoch: dict) -> str:
+    return "\n".join([
+        "| objective | batch | mode | precision | seconds (training + epoch evaluation) | NumPyro epoch s | "
+        "epoch vs NumPyro |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: |",
+        f"| {epoch['objective']} | {epoch['batch_size']} | {epoch['mode']} | {epoch['precision']} | "
+        f"{epoch['seconds']:.1f} | {fmt(epoch['numpyro_epoch_seconds'], 1)} | {fmt(epoch['epoch_vs_numpyro'])} |"])
+
+
 def markdown(result: dict) -> str:
-    parts = [f"# Training speed ({result['machine']['device']})", "",
+    machine = result["machine"]
+    parts = [f"# Training speed ({machine['device']})", "",
              f"Command: `{result['command']}`", "",
-             f"Machine: {result['machine'].get('cpu_model', '')}, {result['machine']['cpu_count']} CPUs, "
-             f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads), "
-             f"pyro {result['machine']['pyro']}, numpyro {result['machine'].get('numpyro')}; "
-             f"load average at start {result['machine'].get('load_average_at_start')}.", "",
+             f"Machine: {machine.get('cpu_model') or 'unknown CPU'} (AMX: {yes_no(machine.get('cpu_amx'))}, "
+             f"AVX512-BF16: {yes_no(machine.get('cpu_avx512_bf16'))}, AVX-512: {yes_no(machine.get('cpu_avx512'))}; "
+             f"bfloat16 matrix unit: {machine.get('bf16_matrix_unit')}; PyTorch CPU capability "
+             f"{machine.get('torch_cpu_capability')}), {machine['cpu_count']} CPUs, "
+             f"torch {machine['torch']} ({machine['torch_threads']} threads), "
+             f"pyro {machine['pyro']}, numpyro {machine.get('numpyro')}; load average at start "
+             f"{machine.get('load_average_at_start')}, at end {machine.get('load_average_at_end')}.", "",
              f"Median of {result['settings']['repeats']} alternating repeats; peak memory is "
-             f"{result['memory_kind']}. Ratios below 1 are faster than the reference.", "",
+             f"{result['memory_kind']}. Ratios below 1 are faster than the reference. **default** is the step "
+             "`pyro-vae train --dataset mnist` runs; mode is the step that ran (trace+update: the optimizer's "
+             "update inside the traced graph); first step s is the first call, which traces or compiles.", "",
              table(result["training"])]
     if result.get("evaluation"):
-        parts += ["", "## Importance-sampled evaluation", "",
-                  "| K | images timed | chunk size | seconds | seconds for 10,000 images | peak MB |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for e in result["evaluation"]:
-            parts.append(f"| {e['num_particles']} | {e['images_timed']} | {e['chunk_size']} | {e['seconds']:.1f} | "
-                         f"{e['seconds_for_10000_images']:.0f}{' (extrapolated)' if e['extrapolated'] else ''} | "
-                         f"{e['peak_memory_mb']:.0f} |")
+        parts += ["", "## Importance-sampled evaluation", "", evaluation_table(result["evaluation"])]
+    if result.get("epoch"):
+        parts += ["", "## One epoch through pyro_vae.train", "",
+                  "MNIST with `pyro-vae train`'s defaults, one epoch: training and the epoch's evaluation (ELBO of "
+                  "the train subset and the test set), `metrics[\"seconds\"]`. The final log p(x) (here with one "
+                  "particle) is not part of it. NumPyro's epoch is its jitted meanfield steps at batch 100 "
+                  "(steps x ms/step), without an evaluation.", "", epoch_table(result["epoch"])]
     for name, text in result.get("profiles", {}).items():
         parts += ["", f"## Profile: {name}", "", "```", text, "```"]
     return "\n".join(parts) + "\n"
@@ -529,18 +713,17 @@ def main(argv=None) -> dict:
               "memory_kind": PeakMemory(device).kind}
     start = time.perf_counter()
     result["training"], result["profiles"] = time_training(args, device, train)
+    if args.epoch:
+        result["epoch"] = time_epoch(args, device, result["training"])
     if not args.skip_eval:
         result["evaluation"] = time_evaluation(args, device, test)
     result["wall_seconds"] = time.perf_counter() - start
-    try:
-        result["machine"]["load_average_at_end"] = os.getloadavg()
-    except OSError:
-        pass
+    result["machine"]["load_average_at_end"] = load_average()
     print(table(result["training"]))
     if result.get("evaluation"):
-        for e in result["evaluation"]:
-            print(f"log_likelihood K={e['num_particles']}, chunk {e['chunk_size']}: {e['seconds']:.1f} s for "
-                  f"{e['images_timed']} images -> {e['seconds_for_10000_images']:.0f} s for 10,000")
+        print(evaluation_table(result["evaluation"]))
+    if result.get("epoch"):
+        print(epoch_table(result["epoch"]))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

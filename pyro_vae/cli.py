@@ -21,6 +21,7 @@ from .likelihoods import LIKELIHOODS
 from .models import CONDITIONS
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
+from .precision import PRECISIONS
 from .step import COMPILE_MODES
 from .config import OPTIMIZERS, TrainConfig
 
@@ -121,8 +122,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="trace: record model, guide, objective and backward pass once per batch shape and replay "
                             "them (same draws and figures as eager, no Pyro overhead); inductor: also compile them "
                             "with TorchInductor (compiles for tens of seconds first, other random draws); none: eager "
-                            "Pyro; auto: trace, or eager with one warning where a step cannot be traced (Pyro's jit "
-                            "objectives: eager); see docs/speed.md (default: %(default)s)")
+                            "Pyro; auto: inductor for runs of 60,000 steps or more, else trace, or eager with one "
+                            "warning where a step cannot be traced (Pyro's jit objectives: eager); see docs/speed.md "
+                            "(default: %(default)s)")
+    train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                       help="bf16: the networks' matrix products in bfloat16 (log-densities, KL terms, parameters "
+                            "and optimizer state stay float32); refused where the CPU has neither AMX nor "
+                            "AVX512-BF16; see docs/speed.md (default: %(default)s)")
     train.add_argument("--train-size", type=_positive_int,
                        help="train on a random subset of this many training images (default: all)")
     shorthands = train.add_argument_group("options of the built-in models (shorthands for --model-arg)")
@@ -169,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="where the run's data set is (default: as in training)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the importance samples (default: %(default)s)")
+    evaluate.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                          help="bf16: the networks' matrix products in bfloat16, the log weights and their "
+                               "log-sum-exp in float32 (default: %(default)s)")
     evaluate.add_argument("--compare", metavar="OTHER_RUN",
                           help="another run on the same test images: print RUN_DIR's test log p(x) minus "
                                "OTHER_RUN's, with the standard error of the per-image differences")
@@ -229,9 +238,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .checkpoint import write_json
     from .config import resolve_device
     from .engine import inputs
+    from .precision import check_precision
     from .training import load_evaluation_data, load_run
 
     device = resolve_device(args.device)
+    check_precision(args.precision, device)
     model, config, checkpoint = load_run(args.run_dir, args.device, args.data_dir)
     data = load_evaluation_data(config, checkpoint, device)
     if args.compare is not None:  # checked before any work
@@ -243,10 +254,12 @@ def _evaluate(args: argparse.Namespace) -> None:
                               f"{config.dataset}, binarize {config.binarize}); compare runs on the same data")
     pyro.set_rng_seed(args.seed)
     test = inputs(model, data.test, data.test_labels)
-    test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet)
+    test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet, precision=args.precision)
     rng_state = pyro.util.get_rng_state()  # to give a compared run the same draws for log p(x)
-    test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet)
-    result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed}
+    test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet,
+                                        precision=args.precision)
+    result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed,
+              "precision": args.precision}
     summary = {"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}
     print(f"test ELBO      {test_elbo}")
     print(f"test log p(x)  {test_ll}")
@@ -257,7 +270,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         pyro.util.set_rng_state(rng_state)
         other_ll = evaluation.log_likelihood(other.model, other.guide,
                                              inputs(other, other_data.test, other_data.test_labels), args.particles,
-                                             progress=not args.quiet)
+                                             progress=not args.quiet, precision=args.precision)
         difference = evaluation.paired_difference(test_ll, other_ll)
         result["compared_with"] = {"run": str(Path(args.compare).resolve()), "test_log_likelihood": other_ll.as_dict(),
                                    "difference": difference.as_dict()}

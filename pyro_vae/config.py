@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES, make_objective
+from .precision import PRECISIONS, check_precision
 from .step import COMPILE_MODES
 
 OPTIMIZERS = ("adam", "adagrad")
@@ -69,6 +70,7 @@ class TrainConfig:
     eval_particles: int = 1000
     clip_grad_norm: Optional[float] = None
     compile: str = "auto"
+    precision: str = "fp32"
     validate: bool = False
     checkpoint_every: Optional[int] = None
     out: Optional[str] = None
@@ -114,7 +116,8 @@ class TrainConfig:
     def check_settings(self) -> None:
         """Raise :class:`ConfigError` on impossible settings (everything but the data and the model)."""
         choices = {"compile": COMPILE_MODES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
-                   "binarize": BINARIZATIONS, "activation": ACTIVATIONS, "device": DEVICES}
+                   "binarize": BINARIZATIONS, "activation": ACTIVATIONS, "device": DEVICES,
+                   "precision": PRECISIONS}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -148,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f"model_args must be a dict of the factory's keyword arguments, got {self.model_args!r}")
         if self.objective is not None:
             make_objective(self.objective, self.particles)  # checks the particle count
+        if self.precision == "bf16":  # refused where the hardware has no bfloat16 matrix unit
+            check_precision(self.precision, resolve_device(self.device))
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

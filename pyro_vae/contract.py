@@ -15,7 +15,9 @@ The contract (``docs/model_contract.md`` explains each point):
    (``max_plate_nesting = 1``): plates use ``dim=-1`` and tensors broadcast over leading dimensions.
 5. ``stl`` and ``dreg`` need a fully reparameterized guide (``has_rsample`` at every site); every
    objective but ``trace``, ``tracegraph`` and ``enum`` does.
-6. ``meanfield`` is exact when every latent site has a closed-form KL(q || p) (Pyro's
+6. With ``precision="bf16"`` every site's log-density is float32: networks return float32
+   (:mod:`pyro_vae.precision`), so that only their matrix products run in bfloat16.
+7. ``meanfield`` is exact when every latent site has a closed-form KL(q || p) (Pyro's
    :func:`~pyro.distributions.kl_divergence`); for a prior without one (a mixture, a VampPrior)
    Pyro's ``TraceMeanField_ELBO`` silently falls back to a Monte-Carlo estimate. That is refused
    unless the user allows it (``allow_mc_kl``, ``--allow-mc-kl``), then warned about.
@@ -28,6 +30,7 @@ import warnings
 from typing import Optional
 
 import pyro
+import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 from pyro.infer import ELBO
@@ -37,6 +40,7 @@ from torch import nn
 from .errors import ConfigError, first_line
 from .importance import importance_traces
 from .objectives import OBJECTIVES, check_objective
+from .precision import autocast
 from .recipes import declared
 
 
@@ -54,12 +58,13 @@ def _latent_sites(trace) -> dict:
 
 
 def check_model(module: nn.Module, args: tuple, objective_name: str, objective: Optional[ELBO], num_data: int,
-                allow_mc_kl: bool = False) -> None:
+                allow_mc_kl: bool = False, precision: str = "fp32") -> None:
     """Refuse, with one line naming the site and the fix, a model that breaks the contract above.
 
     :param args: the arguments of model and guide for a tiny batch (two datapoints).
     :param objective: the objective to run once on that batch (with its particles); ``None`` to skip.
     :param num_data: the training set's size, passed as ``num_data``.
+    :param precision: the training's precision; with ``"bf16"`` model and guide also run under autocast.
     """
     name = type(module).__name__
     for method in ("model", "guide"):
@@ -90,6 +95,8 @@ def check_model(module: nn.Module, args: tuple, objective_name: str, objective: 
         except Exception as error:  # noqa: BLE001
             raise ConfigError(f"{name} failed with 2 vectorized particles, as the importance-sampled log p(x) draws "
                               f"them: {type(error).__name__}: {first_line(error)};{PARTICLE_HINT}") from None
+        if precision != "fp32":
+            _check_log_density_dtypes(name, module, args, num_data, precision)
         if objective is not None and not objective_name.startswith("jit"):
             try:
                 objective.differentiable_loss(module.model, module.guide, *args, num_data=num_data)
@@ -122,6 +129,19 @@ def _check_sites(name: str, model, guide, num_data: int, batch_size: int) -> Non
                 raise ConfigError(f"site {site_name!r} of {name}.{program} is {where}, not in the data plate of size "
                                   f"num_data = {num_data}: sample it inside pyro.plate('data', num_data, "
                                   "subsample=...) so that a minibatch is scaled to the data set")
+
+
+def _check_log_density_dtypes(name: str, module: nn.Module, args: tuple, num_data: int, precision: str) -> None:
+    with autocast(precision, args[0].device):
+        guide = poutine.trace(module.guide).get_trace(*args, num_data=num_data)
+        model = poutine.trace(poutine.replay(module.model, trace=guide)).get_trace(*args, num_data=num_data)
+        for program, trace in (("model", model), ("guide", guide)):
+            for site_name, site in _sample_sites(trace).items():
+                dtype = site["fn"].log_prob(site["value"]).dtype
+                if dtype != torch.float32 and dtype.is_floating_point and dtype.itemsize < 4:
+                    raise ConfigError(f"site {site_name!r} of {name}.{program} computes its log-density in {dtype} "
+                                      f"under precision {precision}: return float32 from the network that gives its "
+                                      "parameters (.float()), as pyro_vae.networks.MLP does")
 
 
 def _check_objective_assumptions(name: str, objective_name: str, model, guide, allow_mc_kl: bool) -> None:

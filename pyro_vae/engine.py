@@ -48,7 +48,7 @@ from .datasets import (ImageData, IndexCycle, binarize_once, draw_batch, labelle
 from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .likelihoods import LIKELIHOODS
 from .objectives import make_objective, validation
-from .step import ObjectiveLoss, TrainingStep, make_optimizer
+from .step import ObjectiveLoss, TrainingStep, choose_compile, make_optimizer
 from .stopping import StopSignals
 
 TRAIN_EVAL_SIZE = 10_000
@@ -273,18 +273,19 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         # The check draws from its own stream: training draws what it would draw without it.
         check_model(model, inputs(model, binarize_once(probe_x) if dynamic else probe_x, probe_y), config.objective,
-                    objective, part_size, allow_mc_kl=config.allow_mc_kl)
+                    objective, part_size, allow_mc_kl=config.allow_mc_kl, precision=config.precision)
     optimizer = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr,
                                config.weight_decay)
-    # "auto" replays the traced step; Pyro's JIT objectives are compiled by TorchScript already.
-    compile_mode = "none" if config.compile == "auto" and config.objective.startswith("jit") else config.compile
-    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective), device), optimizer, config.clip_grad_norm,
-                           compile=compile_mode)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_data = len(data.train)
     # A compiled objective is traced for one batch shape: it drops a smaller last batch.
     main_batches = IndexCycle(len(parts[0][0]), config.batch_size, generator, config.objective.startswith("jit"))
     steps_per_epoch = main_batches.batches_per_pass
+    # "auto" compiles by the run's length; Pyro's JIT objectives are compiled by TorchScript already.
+    compile_mode = "none" if config.compile == "auto" and config.objective.startswith("jit") \
+        else choose_compile(config.compile, config.epochs * steps_per_epoch)
+    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective, config.precision), device), optimizer,
+                           config.clip_grad_norm, compile=compile_mode)
     model_recipe = recipes.recipe_of(model, model_recipe)
     history: list[dict] = []
     first_epoch, samples_seen, seconds_before = 1, 0, 0.0
@@ -379,8 +380,9 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
                         raise _interrupted(stop, out, f"epoch {epoch}, after step {step} of {steps_per_epoch}")
             evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
             if processes.main and evaluated:
-                record = {"epoch": epoch, "samples_seen": samples_seen, **evaluate(model, train_eval, "train"),
-                          **evaluate(model, (data.test, data.test_labels), "test"),
+                record = {"epoch": epoch, "samples_seen": samples_seen,
+                          **evaluate(model, train_eval, "train", config.precision),
+                          **evaluate(model, (data.test, data.test_labels), "test", config.precision),
                           "seconds": time.perf_counter() - start_time}
                 history.append(record)
                 bar.set_postfix(epoch=epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
@@ -396,7 +398,7 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
 
     with validation(config.validate):
         test_ll = evaluation.log_likelihood(model.model, model.guide, inputs(model, data.test, data.test_labels),
-                                            config.eval_particles, progress=progress)
+                                            config.eval_particles, progress=progress, precision=config.precision)
     final = {key: value for key, value in history[-1].items() if key.startswith(("train_", "test_"))}
     skipped = plots.draw_run_pictures(model, data, history, out, inputs(model, data.test[:10],
                                       None if data.test_labels is None else data.test_labels[:10]))
@@ -404,7 +406,7 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
                "test_log_likelihood_particles": test_ll.num_particles, "samples_seen": samples_seen,
                "seconds": training_seconds, "seconds_per_epoch": training_seconds / config.epochs,
                "pictures_skipped": skipped, "config": asdict(config), "recipe": model_recipe,
-               "environment": environment(device)}
+               "environment": {**environment(device), "training_step": step_fn.mode}}
     write_json(out / "metrics.json", metrics)
     return Run(model, config, data, history, metrics, out, test_ll)
 
@@ -414,11 +416,11 @@ def _interrupted(signal_number: int, out: Path, where: str) -> TrainingInterrupt
                                f"saved: continue with 'pyro-vae train --resume {out}'", signal_number)
 
 
-def evaluate(model: nn.Module, data: tuple, split: str) -> dict:
+def evaluate(model: nn.Module, data: tuple, split: str, precision: str) -> dict:
     """``{split}_elbo`` per datapoint (one draw each) of images and labels ``data``, and for a model
     with a classifier ``{split}_accuracy``."""
     x, y = data
-    figures = {f"{split}_elbo": evaluation.elbo(model.model, model.guide, inputs(model, x, y)).mean}
+    figures = {f"{split}_elbo": evaluation.elbo(model.model, model.guide, inputs(model, x, y), precision=precision).mean}
     if hasattr(model, "classify") and y is not None:
         figures[f"{split}_accuracy"] = evaluation.accuracy(model, x, y)
     return figures

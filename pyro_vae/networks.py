@@ -27,7 +27,9 @@ class MLP(nn.Sequential):
     """A fully connected network ``in_dim -> hidden_dims... -> out_dim``.
 
     The activation follows every hidden layer; the output layer is linear, so that the module
-    using the network (an encoder or a likelihood) decides how to constrain its outputs.
+    using the network (an encoder or a likelihood) decides how to constrain its outputs. Outputs
+    come in the input's dtype: under bfloat16 autocast (:mod:`pyro_vae.precision`) the products
+    run in bfloat16 and what follows the network, log-densities included, stays float32.
     """
 
     def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation: str = "tanh"):
@@ -44,6 +46,10 @@ class MLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class GaussianEncoder(nn.Module):

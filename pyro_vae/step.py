@@ -9,48 +9,59 @@ size ``num_data``, with which the minibatch loss estimates the part's full-data 
 :class:`TrainingStep` returns device tensors and never reads them on the host, so the loop can
 run many steps before it synchronises.
 
-**Compiled steps** (``TrainingStep(..., compile="trace" | "inductor")``). Pyro runs a model and
-guide as ordinary Python: every step pays for its effect handlers (a few hundred microseconds),
-and Pyro's ``differentiable_loss`` reads the loss on the host (``torch_item``) and checks it and
-its gradient for NaN (``warn_if_nan``), which synchronises with the device two or three times a
-step. A compiled step traces, once per batch shape, the *whole* computation that the objective
-performs (model, guide, objective and the backward pass) down to ATen operations with
-:func:`torch.fx.experimental.proxy_tensor.make_fx`, as JAX traces a NumPyro program; model and
-guide stay ordinary Pyro programs, run once by Pyro's own handlers while tracing.
+**Compiled steps** (``TrainingStep(..., compile="trace" | "inductor")``) trace the whole step
+with :func:`pyro_vae.tracing.trace`, once per batch shape: model, guide, objective, the backward
+pass, gradient clipping, the finiteness check and the optimizer's own fused update kernel
+(``torch._fused_adam_`` / ``torch._fused_adagrad_``, applied in place to the parameters and the
+optimizer's state), so one call of the graph is one step. Model and guide stay ordinary Pyro
+programs, run once by Pyro's own handlers while tracing.
 
-* ``"trace"`` replays the traced graph of operations: no Pyro overhead and no host sync per step,
-  the same random draws as the eager step for the same seed (tested), no compiler needed.
-* ``"inductor"`` compiles the traced graph with TorchInductor (:func:`torch.compile`), which fuses
-  the elementwise work around the matrix products (C++ on the CPU, Triton on CUDA). The first
-  step of each batch shape compiles (seconds to tens of seconds; cached on disk after). Random
-  draws come from Inductor's own generator, seeded from PyTorch's: reproducible for a seed, but
-  not the same numbers as the eager step (the same distribution).
+* ``"trace"`` replays the traced graph: no Pyro overhead and no host sync per step, the same
+  random draws and the same parameters as the eager step for the same seed (tested).
+* ``"inductor"`` compiles the traced graph with TorchInductor, which fuses the elementwise work
+  around the matrix products (C++ on the CPU, Triton on CUDA). The first step of each batch shape
+  compiles (tens of seconds on a CPU; cached on disk after). Random draws come from Inductor's
+  own generator, seeded from PyTorch's: reproducible for a seed, the eager step's distribution,
+  not its numbers.
 
-Both assume what every traced program assumes (as Pyro's ``JitTrace*`` objectives do): the
-program's structure depends only on the shapes of its inputs and on its non-tensor arguments,
-not on values. A step that cannot be traced (data-dependent control flow, ``.item()`` in a model)
+Under DDP, with Inductor, or with an optimizer that has no fused kernel, the graph stops at the
+gradients: the step all-reduces them under DDP (DDP's hooks do not run on a traced gradient) and
+the optimizer's fused kernel runs after the graph. A step that cannot be traced (data-dependent control flow, ``.item()`` in a model)
 falls back to the eager step with a warning. Why not :func:`torch.compile` of the eager loss
 directly: Dynamo breaks the graph inside Pyro's handlers (17 breaks for ``meanfield`` in PyTorch
-2.x, at ``pyro/poutine/subsample_messenger.py``, "TypedDict with optional keys"), so it compiles
-18 small pieces and does not remove the overhead.
+2.x, at ``pyro/poutine/subsample_messenger.py``, "TypedDict with optional keys").
 """
 
-import contextlib
-import sys
 import warnings
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-import pyro
 import torch
 from pyro.infer import ELBO
 from torch import nn
+from torch.optim.adagrad import adagrad as adagrad_update
+from torch.optim.adam import adam as adam_update
 
+from . import precision as precisions
 from .errors import first_line
+from .tracing import compile_graph, flatten, signature, trace
 
 Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 
-#: Values of ``TrainingStep(compile=...)``; ``"auto"`` is ``"trace"`` (see :class:`TrainingStep`).
+#: Values of ``TrainingStep(compile=...)``; ``"auto"`` is resolved by :func:`choose_compile`.
 COMPILE_MODES = ("auto", "none", "trace", "inductor")
+#: ``compile="auto"`` compiles with Inductor for runs of at least this many steps, and replays the
+#: traced step for shorter ones. Measured on a 2-core CPU (``docs/speed.md``): Inductor compiles
+#: the MNIST step in about 30 s and saves about 1 ms a step, so it pays after about 30,000 steps;
+#: twice that leaves a margin for smaller networks, which save less.
+INDUCTOR_MIN_STEPS = 60_000
+
+
+def choose_compile(compile: str, steps: int) -> str:
+    """The step ``compile="auto"`` runs for a run of ``steps`` steps: ``"inductor"`` when the
+    compile time is small beside the time it saves, else ``"trace"``; other modes as they are."""
+    if compile != "auto":
+        return compile
+    return "inductor" if steps >= INDUCTOR_MIN_STEPS else "trace"
 
 
 class ObjectiveLoss(nn.Module):
@@ -58,17 +69,22 @@ class ObjectiveLoss(nn.Module):
 
     Being an :class:`~torch.nn.Module` whose parameters are the model's, it can be wrapped by
     :class:`torch.nn.parallel.DistributedDataParallel`, which then averages its gradients across
-    processes during the backward pass.
+    processes during the backward pass. ``precision="bf16"`` runs model and guide under
+    bfloat16 autocast (:mod:`pyro_vae.precision`).
     """
 
-    def __init__(self, model: nn.Module, objective: ELBO):
+    def __init__(self, model: nn.Module, objective: ELBO, precision: str = "fp32"):
         super().__init__()
         self.model = model
         self.objective = objective
+        self.precision = precision
 
     def forward(self, batches: Sequence[Batch]) -> torch.Tensor:
-        return sum(self.objective.differentiable_loss(self.model.model, self.model.guide, *args, num_data=num_data)
-                   for args, num_data in batches)
+        device = flatten(batches)[0][0].device
+        with precisions.autocast(self.precision, device):
+            return sum(self.objective.differentiable_loss(self.model.model, self.model.guide, *args,
+                                                          num_data=num_data)
+                       for args, num_data in batches)
 
 
 def make_optimizer(name: str, parameters: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0,
@@ -99,131 +115,145 @@ def make_optimizer(name: str, parameters: Iterable[torch.Tensor], lr: float, wei
     return optimizers[name](parameters, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-@contextlib.contextmanager
-def _traceable():
-    """Pyro's per-step host reads, switched off while a step is traced.
-
-    ``torch_item`` (``.item()`` of the loss) becomes ``detach`` and ``warn_if_nan`` (a NaN check
-    of the loss and a backward hook checking its gradient) is dropped; both would read values
-    that do not exist while tracing. The compiled step checks the loss for finiteness itself.
-    Validation (argument checks that read values) is off as well, as in Pyro's JIT objectives.
-    """
-    def item(x):
-        return x.detach() if torch.is_tensor(x) else x
-
-    def no_check(value, *args, **kwargs):
-        return value
-
-    saved = []
-    for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith(("pyro.infer", "pyro_vae")):
-            continue
-        for attr, new in (("torch_item", item), ("warn_if_nan", no_check)):
-            if callable(getattr(module, attr, None)):
-                saved.append((module, attr, getattr(module, attr)))
-                setattr(module, attr, new)
-    try:
-        with pyro.validation_enabled(False):
-            yield
-    finally:
-        for module, attr, old in reversed(saved):
-            setattr(module, attr, old)
+#: Per optimizer with a fused kernel: the names of its per-parameter state, in the order its
+#: functional form takes them, and that functional form with a parameter group's options.
+_FUSED_UPDATES = {
+    torch.optim.Adam: (("exp_avg", "exp_avg_sq", "step"), lambda params, grads, states, group: adam_update(
+        params, grads, states[0], states[1], [], states[2], foreach=False, capturable=group["capturable"],
+        differentiable=False, fused=True, grad_scale=None, found_inf=None, has_complex=False,
+        decoupled_weight_decay=group.get("decoupled_weight_decay", False), amsgrad=False, beta1=group["betas"][0],
+        beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+        maximize=group["maximize"])),
+    torch.optim.Adagrad: (("sum", "step"), lambda params, grads, states, group: adagrad_update(
+        params, grads, states[0], states[1], fused=True, grad_scale=None, found_inf=None, has_sparse_grad=False,
+        foreach=False, differentiable=False, has_complex=False, lr=group["lr"], weight_decay=group["weight_decay"],
+        lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])),
+}
 
 
-def _signature(value) -> object:
-    """What a traced graph is specialised to: shapes, dtypes and devices of tensors; other values."""
-    if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
-    if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(_signature(v) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted((k, _signature(v)) for k, v in value.items())))
-    return ("value", value)
+def fused_update(optimizer: torch.optim.Optimizer) -> Optional[tuple]:
+    """``(state names, update)`` when ``optimizer``'s step is one fused kernel that a traced
+    graph can call, else None (then the optimizer steps eagerly after the graph)."""
+    entry = _FUSED_UPDATES.get(type(optimizer))
+    if entry is None or not all(group.get("fused") and not group.get("amsgrad") and not group.get("differentiable")
+                                and isinstance(group["lr"], float) for group in optimizer.param_groups):
+        return None
+    return entry
 
 
-def _flatten(batches: Sequence[Batch]) -> tuple[list[torch.Tensor], Callable]:
-    """The tensors of ``batches`` and a function rebuilding ``batches`` from (other) tensors."""
-    tensors: list[torch.Tensor] = []
-
-    def template(value):
-        if torch.is_tensor(value):
-            tensors.append(value)
-            return len(tensors) - 1, None
-        if isinstance(value, (tuple, list)):
-            return None, type(value)([template(v) for v in value])
-        return None, value
-
-    structure = [(template(args), num_data) for args, num_data in batches]
-
-    def rebuild(values: Sequence[torch.Tensor]) -> list[Batch]:
-        def fill(node):
-            index, rest = node
-            if index is not None:
-                return values[index]
-            if isinstance(rest, (tuple, list)):
-                return type(rest)(fill(v) for v in rest)
-            return rest
-        return [(fill(args), num_data) for args, num_data in structure]
-
-    return tensors, rebuild
+def _initial_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create Adam's per-parameter state as its first step would (Adagrad creates it at once)."""
+    if isinstance(optimizer, torch.optim.Adam):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if not optimizer.state[p]:
+                    optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                          "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                          "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
 
-class CompiledLoss:
-    """``batches -> (loss, gradients)`` of an :class:`ObjectiveLoss`, traced once per batch signature.
+class CompiledStep:
+    """One training step as one traced graph (see the module's docstring), per batch signature.
 
     :param loss: the :class:`ObjectiveLoss` to trace.
-    :param backend: ``"trace"`` to replay the traced ATen graph, ``"inductor"`` to compile it.
+    :param backend: ``"trace"`` to replay the traced graph, ``"inductor"`` to compile it.
+    :param optimizer: updated inside a ``"trace"`` graph when it has a fused kernel
+        (:func:`fused_update`); None, one without, or ``"inductor"`` makes the graph return
+        ``(loss, gradients)`` for the caller to apply.
+    :param clip_grad_norm: with the update in the graph, the gradient's total norm is clipped there.
 
-    ``parameters`` are the loss's trainable parameters, in the order of the gradients returned.
+    Calling it returns ``(loss, finite)`` with the update inside, else ``(loss, gradients)``.
     Graphs are cached by the shapes, dtypes and devices of the batch tensors, the non-tensor
-    arguments, ``num_data`` and the module's training flag. :attr:`fallback_reason` is set
-    (and the loss runs eagerly) when tracing fails.
+    arguments, ``num_data``, the module's training flag and the optimizer's options.
+    :attr:`fallback_reason` is set when tracing (or Inductor) fails.
     """
 
-    def __init__(self, loss: ObjectiveLoss, backend: str = "inductor"):
+    def __init__(self, loss: ObjectiveLoss, backend: str = "inductor", optimizer: Optional[torch.optim.Optimizer] = None,
+                 clip_grad_norm: Optional[float] = None):
         if backend not in ("trace", "inductor"):
             raise ValueError(f"unknown backend {backend!r}: choose trace or inductor")
         self.loss = loss
         self.backend = backend
+        self.clip_grad_norm = clip_grad_norm
         named = list(loss.named_parameters())
         self.names = [name for name, p in named if p.requires_grad]
         self.parameters = [p for _, p in named if p.requires_grad]
         self.frozen = {name: p for name, p in named if not p.requires_grad}
         self.buffer_names = [name for name, _ in loss.named_buffers()]
+        # Inductor cannot take the fused kernels (functionalizing them fails in PyTorch 2.14: "mutating a
+        # non-functional tensor with a functional tensor"), so its graph stops at the gradients.
+        self.optimizer = optimizer if backend == "trace" and optimizer is not None and fused_update(optimizer) else None
+        if self.optimizer is not None:
+            _initial_state(self.optimizer)
         self.graphs: dict = {}
         self.fallback_reason: Optional[str] = None
 
-    def _trace(self, batches: Sequence[Batch]) -> Callable:
-        tensors, rebuild = _flatten(batches)
-        num_params, num_buffers = len(self.parameters), len(self.buffer_names)
+    @property
+    def updates(self) -> bool:
+        """Whether the graph applies the optimizer's update itself."""
+        return self.optimizer is not None
 
-        def loss_and_grads(*inputs):
+    def _states(self) -> list[torch.Tensor]:
+        """The optimizer's state tensors the graph updates, group by group and name by name."""
+        names = fused_update(self.optimizer)[0]
+        return [self.optimizer.state[p][name] for group in self.optimizer.param_groups
+                for name in names for p in group["params"]]
+
+    def _inputs(self, batches: Sequence[Batch]) -> list[torch.Tensor]:
+        states = self._states() if self.updates else []
+        return [*self.parameters, *[b for _, b in self.loss.named_buffers()], *states, *flatten(batches)[0]]
+
+    def _trace(self, batches: Sequence[Batch]) -> torch.fx.GraphModule:
+        data, rebuild = flatten(batches)
+        num_params, num_buffers = len(self.parameters), len(self.buffer_names)
+        position = {id(p): i for i, p in enumerate(self.parameters)}
+        groups = self.optimizer.param_groups if self.updates else []
+        names, update = fused_update(self.optimizer) if self.updates else ((), None)
+        num_states = sum(len(names) * len(group["params"]) for group in groups)
+
+        def step(*inputs):
             params = inputs[:num_params]
             buffers = inputs[num_params:num_params + num_buffers]
-            data = inputs[num_params + num_buffers:]
+            states = inputs[num_params + num_buffers:num_params + num_buffers + num_states]
             substitutes = {**dict(zip(self.names, params)), **dict(zip(self.buffer_names, buffers)), **self.frozen}
             with torch.nn.utils.stateless._reparametrize_module(self.loss, substitutes):
-                loss = self.loss(rebuild(data))
+                loss = self.loss(rebuild(inputs[num_params + num_buffers + num_states:]))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            return (loss.detach(), *grads)
+            if not self.updates:
+                return (loss.detach(), *[torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+            with torch.no_grad():
+                used = [g for g in grads if g is not None]
+                norm = _total_norm(used)
+                if self.clip_grad_norm is not None:  # as torch.nn.utils.clip_grad_norm_ does
+                    torch._foreach_mul_(used, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
+                offset = 0
+                for group in groups:
+                    members = group["params"]
+                    group_states = [states[offset + k * len(members):offset + (k + 1) * len(members)]
+                                    for k in range(len(names))]
+                    offset += len(names) * len(members)
+                    # Parameters without a gradient are left alone, as the eager optimizer leaves them.
+                    keep = [i for i, p in enumerate(members) if grads[position[id(p)]] is not None]
+                    if keep:
+                        update([params[position[id(members[i])]] for i in keep],
+                               [grads[position[id(members[i])]] for i in keep],
+                               [[column[i] for i in keep] for column in group_states], group)
+                return loss.detach(), torch.isfinite(loss) & torch.isfinite(norm)
 
-        from torch.fx.experimental.proxy_tensor import make_fx
+        # Tracing runs the step on copies: the real parameters and state change only when the graph runs.
+        inputs = [p.detach().clone().requires_grad_() for p in self.parameters] \
+            + [b for _, b in self.loss.named_buffers()] \
+            + [t.clone() for t in (self._states() if self.updates else [])] + data
+        graph = trace(step, *inputs)
+        return compile_graph(graph) if self.backend == "inductor" else graph
 
-        devices = sorted({t.device.index or 0 for t in [*self.parameters, *tensors] if t.device.type == "cuda"})
-        # Tracing runs the step once on real tensors; it must not advance the random streams, so that
-        # the traced step draws what the eager step would. A private parameter store keeps the
-        # tracing's substitute tensors out of the caller's (PyroModule registers parameters there).
-        with torch.random.fork_rng(devices=devices), _traceable(), torch.enable_grad(), \
-                pyro.get_param_store().scope():
-            graph = make_fx(loss_and_grads)(*[p.detach().requires_grad_() for p in self.parameters],
-                                            *[b for _, b in self.loss.named_buffers()], *tensors)
-        if self.backend == "inductor":
-            return torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
-        return graph
+    def _key(self, batches: Sequence[Batch]) -> tuple:
+        options = tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params"))
+                        for group in self.optimizer.param_groups) if self.updates else ()
+        return signature(list(batches)), self.loss.training, options
 
-    def __call__(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        key = (_signature([(args, num_data) for args, num_data in batches]), self.loss.training)
+    def __call__(self, batches: Sequence[Batch]):
+        key = self._key(batches)
         graph = self.graphs.get(key)
         if graph is None:
             try:
@@ -231,10 +261,9 @@ class CompiledLoss:
             except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
                 self._fall_back(f"tracing failed ({type(error).__name__}: {first_line(error)[:200]}); running eagerly")
                 raise _Untraceable from error
-        tensors, _ = _flatten(batches)
         try:
             with torch.no_grad():
-                loss, *grads = graph(*self.parameters, *[b for _, b in self.loss.named_buffers()], *tensors)
+                loss, *rest = graph(*self._inputs(batches))
         except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler for Inductor
             if self.backend != "inductor":
                 raise
@@ -243,7 +272,7 @@ class CompiledLoss:
             self.backend = "trace"
             self.graphs.clear()
             return self(batches)
-        return loss, grads
+        return (loss, rest[0]) if self.updates else (loss, rest)
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
@@ -251,7 +280,7 @@ class CompiledLoss:
 
 
 class _Untraceable(Exception):
-    """Raised by :class:`CompiledLoss` when a step cannot be traced; the step then runs eagerly."""
+    """Raised by :class:`CompiledStep` when a step cannot be traced; the step then runs eagerly."""
 
 
 class TrainingStep:
@@ -261,12 +290,10 @@ class TrainingStep:
     :param optimizer: a torch optimizer over the model's parameters.
     :param clip_grad_norm: clip the gradient's total norm to this value, if given.
     :param compile: ``"none"`` (default): Pyro runs model, guide and objective every step;
-        ``"trace"`` or ``"inductor"``: a compiled step (see the module's docstring); ``"auto"``, the
-        training loop's default, is ``"trace"``: the same draws and figures as eager and no compile
-        time, falling back to eager with one warning for a step that cannot be traced (Inductor,
-        which compiles for tens of seconds first and draws other random numbers, is used only when
-        asked for). With a DDP-wrapped loss the compiled step all-reduces the gradients itself (DDP's
-        backward hooks do not run on a traced gradient). ``True``/``False`` mean ``"inductor"``/``"none"``.
+        ``"trace"`` or ``"inductor"``: the compiled step (see the module's docstring), falling back
+        to eager with one warning for a step that cannot be traced. ``"auto"`` is ``"trace"`` here;
+        the training loop resolves it by the run's length first (:func:`choose_compile`).
+        ``True``/``False`` mean ``"inductor"``/``"none"``.
     """
 
     def __init__(self, loss: nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: Optional[float] = None,
@@ -285,12 +312,21 @@ class TrainingStep:
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.compile = compile
         self.distributed = isinstance(loss, nn.parallel.DistributedDataParallel)
-        self.compiled: Optional[CompiledLoss] = None
+        self.compiled: Optional[CompiledStep] = None
         if compile != "none":
             inner = loss.module if self.distributed else loss
             if not isinstance(inner, ObjectiveLoss):
                 raise ValueError("a compiled step needs an ObjectiveLoss (or DDP of one)")
-            self.compiled = CompiledLoss(inner, compile)
+            # Under DDP the gradients are all-reduced between the graph and the update.
+            self.compiled = CompiledStep(inner, compile, None if self.distributed else optimizer, clip_grad_norm)
+
+    @property
+    def mode(self) -> str:
+        """The step that runs: "none" (eager), "trace" or "inductor", and "+update" where the
+        optimizer's update is inside the traced graph."""
+        if self.compiled is None:
+            return "none"
+        return self.compiled.backend + ("+update" if self.compiled.updates else "")
 
     def __call__(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Take one step; returns the detached loss and whether loss and gradient were finite."""
@@ -305,6 +341,8 @@ class TrainingStep:
         return self._update(loss.detach())
 
     def _compiled_step(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.compiled.updates:
+            return self.compiled(batches)
         loss, grads = self.compiled(batches)
         if self.distributed:
             self._all_reduce(grads)

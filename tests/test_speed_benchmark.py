@@ -28,9 +28,12 @@ def test_smoke_run_writes_json_and_markdown(speed, data_dir, tmp_path):
         assert r["ms_per_step"] > 0 and len(r["ms_per_step_repeats"]) == 2 and r["peak_memory_mb"] > 0
         assert r["s_per_epoch"] == pytest.approx(r["ms_per_step"] * 60_000 / 50 / 1e3)
         assert r["vs_torch_eager"] > 0 and r["vs_torch_best"] > 0 and r["vs_numpyro"] is None
-    assert [e["chunk_size"] for e in result["evaluation"]] == [10, 100]
+    assert sorted({e["chunk_size"] for e in result["evaluation"]}) == [10, 100]
+    timed = {(e["chunk_size"], e["precision"], e["traced"]) for e in result["evaluation"]}
+    assert {(10, "fp32", True), (10, "fp32", False)} <= timed  # the traced evaluation beside the eager one
     assert all(e["extrapolated"] and e["seconds_for_10000_images"] > 0 for e in result["evaluation"])
     assert result["machine"]["device"] == "cpu" and "torch" in result["machine"]
+    assert {"cpu_model", "cpu_amx", "cpu_avx512_bf16", "bf16_matrix_unit"} <= set(result["machine"])
     assert "| 50 | meanfield | pyro |" in out.with_suffix(".md").read_text()
 
 

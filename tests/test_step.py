@@ -8,7 +8,7 @@ import torch
 
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import make_objective
-from pyro_vae.step import CompiledLoss, ObjectiveLoss, TrainingStep, make_optimizer
+from pyro_vae.step import CompiledStep, ObjectiveLoss, TrainingStep, make_optimizer
 
 DATA_DIM, NUM_DATA = 12, 600
 
@@ -25,7 +25,7 @@ def batch(size: int = 10, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("objective", ["meanfield", "trace", "iwae", "dreg", "tracegraph"])
 def test_traced_loss_and_gradients_equal_eager(objective):
     loss = ObjectiveLoss(small_vae(), make_objective(objective))
-    compiled = CompiledLoss(loss, "trace")
+    compiled = CompiledStep(loss, "trace")
     x = batch()
     torch.manual_seed(5)
     traced_loss, traced_grads = compiled([((x,), NUM_DATA)])
@@ -59,11 +59,51 @@ def test_traced_steps_train_as_the_eager_steps():
         torch.testing.assert_close(traced, eager)
 
 
+@pytest.mark.parametrize("name, weight_decay, clip", [("adam", 0.0, None), ("adam", 1.0, 0.5), ("adagrad", 1.0, None),
+                                                      ("adagrad", 0.0, 0.5)])
+def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_decay, clip):
+    """Loss, clipping (0.5 clips every step here) and the fused Adam/Adagrad update in one graph: the
+    eager step's losses, parameters and optimizer state, to the bit."""
+    results = []
+    for mode in ("none", "trace"):
+        model = small_vae()
+        optimizer = make_optimizer(name, model.parameters(), 1e-2, weight_decay)
+        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, clip_grad_norm=clip,
+                            compile=mode)
+        assert step.mode == {"none": "none", "trace": "trace+update"}[mode]
+        torch.manual_seed(7)
+        losses = torch.stack([step([((batch(seed=s),), NUM_DATA)])[0] for s in range(6)])
+        state = [t.clone() for p in model.parameters() for t in optimizer.state[p].values()]
+        results.append((losses, [p.detach().clone() for p in model.parameters()], state))
+    (eager_losses, eager_params, eager_state), (traced_losses, traced_params, traced_state) = results
+    assert torch.equal(traced_losses, eager_losses)
+    assert all(torch.equal(a, b) for a, b in zip(traced_params, eager_params))
+    assert len(traced_state) == len(eager_state) and all(torch.equal(a, b) for a, b in zip(traced_state, eager_state))
+
+
+def test_a_parameter_without_gradient_is_left_alone_by_the_traced_update():
+    """As the eager optimizer skips a parameter whose gradient is None, weight decay included."""
+    model = small_vae()
+    unused = torch.nn.Parameter(torch.ones(3))
+    model.register_parameter("unused", unused)
+    step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
+                        make_optimizer("adam", model.parameters(), 1e-2, weight_decay=1.0), compile="trace")
+    step([((batch(),), NUM_DATA)])
+    assert step.mode == "trace+update" and torch.equal(unused.detach(), torch.ones(3))
+
+
+def test_choose_compile_takes_inductor_only_for_long_runs():
+    from pyro_vae.step import INDUCTOR_MIN_STEPS, choose_compile
+    assert choose_compile("auto", 6000) == "trace"  # ten MNIST epochs
+    assert choose_compile("auto", INDUCTOR_MIN_STEPS) == "inductor"
+    assert choose_compile("none", 10**9) == "none" and choose_compile("trace", 10**9) == "trace"
+
+
 def test_tracing_leaves_param_store_and_rng_alone():
     loss = ObjectiveLoss(small_vae(), make_objective("meanfield"))
     pyro.clear_param_store()
     state = torch.get_rng_state()
-    CompiledLoss(loss, "trace")._trace([((batch(),), NUM_DATA)])
+    CompiledStep(loss, "trace")._trace([((batch(),), NUM_DATA)])
     assert len(pyro.get_param_store()) == 0
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -154,7 +194,7 @@ def test_inductor_step_matches_eager_with_eager_random_numbers():
     eager step's random numbers, so losses and gradients agree to rounding."""
     import torch._inductor.config as inductor_config
     loss = ObjectiveLoss(small_vae(), make_objective("meanfield"))
-    compiled = CompiledLoss(loss, "inductor")
+    compiled = CompiledStep(loss, "inductor")
     x = batch()
     with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
         warnings.simplefilter("ignore")

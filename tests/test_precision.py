@@ -1,0 +1,102 @@
+"""bfloat16 mixed precision: refused without a bf16 matrix unit, float32 log-densities, figures
+close to float32's; the traced evaluation gives the eager evaluation's figures."""
+
+import warnings
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import ConfigError, TrainConfig, evaluation
+from pyro_vae.contract import check_model
+from pyro_vae.models import build_vae
+from pyro_vae.objectives import make_objective
+from pyro_vae.precision import bf16_matrix_unit, check_precision
+from pyro_vae.step import ObjectiveLoss, TrainingStep, make_optimizer
+
+DATA_DIM, NUM_DATA = 12, 600
+needs_bf16 = pytest.mark.skipif(bf16_matrix_unit("cpu") is None, reason="this CPU has neither AMX nor AVX512-BF16")
+
+
+def small_vae(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_vae(DATA_DIM, 3, [16], "bernoulli", "tanh")
+
+
+def batch(size: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((size, DATA_DIM), 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+def test_bf16_is_refused_without_a_bf16_matrix_unit(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.raises(ConfigError, match="neither AMX nor AVX512-BF16.*--precision fp32"):
+        check_precision("bf16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="neither AMX nor AVX512-BF16"):
+        TrainConfig(dataset="mnist", precision="bf16", device="cpu").check_settings()
+    check_precision("fp32", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        TrainConfig(precision="fp16").check_settings()
+
+
+@needs_bf16
+def test_bf16_networks_compute_in_bf16_and_return_float32():
+    model = small_vae()
+    x = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model.encoder.net[0](x)
+        loc, scale = model.encoder(x)
+    assert hidden.dtype == torch.bfloat16
+    assert loc.dtype == scale.dtype == torch.float32
+
+
+@needs_bf16
+@pytest.mark.parametrize("compile", ["none", "trace"])
+def test_bf16_step_is_close_to_the_float32_step(compile):
+    """The same draws, the products rounded to bfloat16: losses agree to about 1%, not to the bit."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = small_vae()
+        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield"), precision),
+                            make_optimizer("adam", model.parameters(), 1e-2), compile=compile)
+        torch.manual_seed(3)
+        losses[precision] = torch.stack([step([((batch(seed=s),), NUM_DATA)])[0] for s in range(5)])
+    assert not torch.equal(losses["bf16"], losses["fp32"])  # the products did run in bfloat16
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=0)
+
+
+@needs_bf16
+def test_a_site_with_a_bf16_log_density_is_refused():
+    class RawEncoder(type(small_vae())):
+        """A guide whose means come straight from a linear layer: bfloat16 under autocast, so are z and log q."""
+
+        def guide(self, x, num_data=None):
+            with pyro.plate("data", num_data or len(x), subsample=x):
+                pyro.sample("z", pyro.distributions.Normal(self.raw(x), 1.0).to_event(1))
+
+    model = small_vae()
+    model.__class__ = RawEncoder
+    model.raw = torch.nn.Linear(DATA_DIM, 3)
+    x = batch(2)
+    check_model(model, (x,), "trace", None, NUM_DATA)  # fine in float32
+    with pytest.raises(ConfigError, match=r"site 'z' of RawEncoder.guide computes its log-density in torch.bfloat16"):
+        check_model(model, (x,), "trace", None, NUM_DATA, precision="bf16")
+    check_model(small_vae(), (x,), "meanfield", None, NUM_DATA, precision="bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_traced_evaluation_gives_the_eager_figures(precision, monkeypatch):
+    """The traced chunks replay what Pyro's handlers compute: the same draws, the same log weights."""
+    model = small_vae()
+    x = batch(50)
+    figures = {}
+    for traced in (True, False):
+        if not traced:
+            monkeypatch.setattr(evaluation._LogWeights, "MIN_CHUNKS_TO_TRACE", 10**9)
+        pyro.set_rng_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed trace would warn and run eagerly
+            estimate = evaluation.log_likelihood(model.model, model.guide, x, num_particles=40, chunk_size=200,
+                                                 precision=precision)
+        figures[traced] = estimate.values
+    assert torch.equal(figures[True], figures[False])
