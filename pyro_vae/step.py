@@ -50,9 +50,9 @@ Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 #: Values of ``TrainingStep(compile=...)``; ``"auto"`` is resolved by :func:`choose_compile`.
 COMPILE_MODES = ("auto", "none", "trace", "inductor")
 #: ``compile="auto"`` compiles with Inductor for runs of at least this many steps, and replays the
-#: traced step for shorter ones. Measured on a 2-core CPU (``docs/speed.md``): Inductor compiles
-#: the MNIST step in about 30 s and saves about 1 ms a step, so it pays after about 30,000 steps;
-#: twice that leaves a margin for smaller networks, which save less.
+#: traced step for shorter ones. Measured on a 2-core CPU (``docs/speed.md``): Inductor compiles the
+#: MNIST step in 17-28 s without a disk cache and saves 0.26-0.64 ms of a 4.9-5.4 ms step, so it
+#: pays after 27,000-110,000 steps.
 INDUCTOR_MIN_STEPS = 60_000
 
 
