@@ -100,3 +100,13 @@ def test_traced_evaluation_gives_the_eager_figures(precision, monkeypatch):
                                                  precision=precision)
         figures[traced] = estimate.values
     assert torch.equal(figures[True], figures[False])
+
+
+def test_the_command_line_refuses_bf16_without_a_unit_in_one_line(monkeypatch, capsys, tmp_path):
+    from pyro_vae import cli
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    status = cli.main(["train", "--precision", "bf16", "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_USAGE and len(err) == 1 and "neither AMX nor AVX512-BF16" in err[0]
+    assert not (tmp_path / "run").exists()  # refused before any work
