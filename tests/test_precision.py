@@ -16,6 +16,8 @@ from pyro_vae.step import ObjectiveLoss, TrainingStep, make_optimizer
 
 DATA_DIM, NUM_DATA = 12, 600
 needs_bf16 = pytest.mark.skipif(bf16_matrix_unit("cpu") is None, reason="this CPU has neither AMX nor AVX512-BF16")
+#: Devices the device-dependent tests run on: CUDA too where there is one (its bf16 unit checked apart).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def small_vae(seed: int = 0):
@@ -23,8 +25,13 @@ def small_vae(seed: int = 0):
     return build_vae(DATA_DIM, 3, [16], "bernoulli", "tanh")
 
 
-def batch(size: int = 10, seed: int = 1) -> torch.Tensor:
-    return torch.bernoulli(torch.full((size, DATA_DIM), 0.3), generator=torch.Generator().manual_seed(seed))
+def batch(size: int = 10, seed: int = 1, device: str = "cpu") -> torch.Tensor:
+    return torch.bernoulli(torch.full((size, DATA_DIM), 0.3), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def skip_without_bf16(device: str) -> None:
+    if bf16_matrix_unit(device) is None:
+        pytest.skip(f"{device} has no bfloat16 matrix unit")
 
 
 def test_bf16_is_refused_without_a_bf16_matrix_unit(monkeypatch):
@@ -50,17 +57,18 @@ def test_bf16_networks_compute_in_bf16_and_return_float32():
     assert loc.dtype == scale.dtype == torch.float32
 
 
-@needs_bf16
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("compile", ["none", "trace"])
-def test_bf16_step_is_close_to_the_float32_step(compile):
+def test_bf16_step_is_close_to_the_float32_step(compile, device):
     """The same draws, the products rounded to bfloat16: losses agree to about 1%, not to the bit."""
+    skip_without_bf16(device)
     losses = {}
     for precision in ("fp32", "bf16"):
-        model = small_vae()
+        model = small_vae().to(device)
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield"), precision),
                             make_optimizer("adam", model.parameters(), 1e-2), compile=compile)
         torch.manual_seed(3)
-        losses[precision] = torch.stack([step([((batch(seed=s),), NUM_DATA)])[0] for s in range(5)])
+        losses[precision] = torch.stack([step([((batch(seed=s, device=device),), NUM_DATA)])[0] for s in range(5)])
     assert not torch.equal(losses["bf16"], losses["fp32"])  # the products did run in bfloat16
     torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=2e-2, atol=0)
 
@@ -84,11 +92,14 @@ def test_a_site_with_a_bf16_log_density_is_refused():
     check_model(small_vae(), (x,), "meanfield", None, NUM_DATA, precision="bf16")
 
 
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
-def test_traced_evaluation_gives_the_eager_figures(precision, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_traced_evaluation_gives_the_eager_figures(precision, device, monkeypatch):
     """The traced chunks replay what Pyro's handlers compute: the same draws, the same log weights."""
-    model = small_vae()
-    x = batch(50)
+    if precision == "bf16":
+        skip_without_bf16(device)
+    model = small_vae().to(device)
+    x = batch(50, device=device)
     figures = {}
     for traced in (True, False):
         if not traced:
