@@ -9,24 +9,12 @@ import torch
 
 from pyro_vae import ConfigError, TrainConfig, evaluation
 from pyro_vae.contract import check_model
-from pyro_vae.models import build_vae
 from pyro_vae.objectives import make_objective
 from pyro_vae.precision import bf16_matrix_unit, check_precision
 from pyro_vae.step import ObjectiveLoss, TrainingStep, make_optimizer
+from test_step import DATA_DIM, DEVICES, NUM_DATA, batch, small_vae
 
-DATA_DIM, NUM_DATA = 12, 600
 needs_bf16 = pytest.mark.skipif(bf16_matrix_unit("cpu") is None, reason="this CPU has neither AMX nor AVX512-BF16")
-#: Devices the device-dependent tests run on: CUDA too where there is one (its bf16 unit checked apart).
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def small_vae(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_vae(DATA_DIM, 3, [16], "bernoulli", "tanh")
-
-
-def batch(size: int = 10, seed: int = 1, device: str = "cpu") -> torch.Tensor:
-    return torch.bernoulli(torch.full((size, DATA_DIM), 0.3), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def skip_without_bf16(device: str) -> None:
