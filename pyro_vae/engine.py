@@ -93,7 +93,9 @@ def fit(model: Union[nn.Module, str], data: Union[ImageData, str], *, model_args
     :param settings: the training settings of :class:`~pyro_vae.TrainConfig` (:data:`SETTINGS`):
         ``objective`` (default: the model's ``default_objective``, else ``meanfield``), ``particles``,
         ``epochs`` (10), ``batch_size`` (100), ``optimizer``, ``lr``, ``weight_decay``,
-        ``clip_grad_norm``, ``compile``, ``seed``, ``device``, ``eval_every``, ``eval_particles``,
+        ``clip_grad_norm``, ``compile`` (``"auto"``: :func:`pyro_vae.step.choose_compile`),
+        ``precision`` (``"fp32"``, or ``"bf16"``: :mod:`pyro_vae.precision`), ``seed``, ``device``,
+        ``eval_every``, ``eval_particles``,
         ``binarize`` (``"dynamic"`` draws every training batch from Bernoulli(x); default ``"none"``),
         ``checkpoint_every``, ``allow_mc_kl``, ``validate`` (Pyro's argument and support checks at every
         step, not only in the contract check before the first).
