@@ -30,7 +30,6 @@ import warnings
 from typing import Optional
 
 import pyro
-import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 from pyro.infer import ELBO
@@ -138,7 +137,7 @@ def _check_log_density_dtypes(name: str, module: nn.Module, args: tuple, num_dat
         for program, trace in (("model", model), ("guide", guide)):
             for site_name, site in _sample_sites(trace).items():
                 dtype = site["fn"].log_prob(site["value"]).dtype
-                if dtype != torch.float32 and dtype.is_floating_point and dtype.itemsize < 4:
+                if dtype.is_floating_point and dtype.itemsize < 4:
                     raise ConfigError(f"site {site_name!r} of {name}.{program} computes its log-density in {dtype} "
                                       f"under precision {precision}: return float32 from the network that gives its "
                                       "parameters (.float()), as pyro_vae.networks.MLP does")

@@ -48,8 +48,7 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        return super().forward(x).to(x.dtype)
 
 
 class GaussianEncoder(nn.Module):

@@ -80,8 +80,8 @@ class ObjectiveLoss(nn.Module):
         self.precision = precision
 
     def forward(self, batches: Sequence[Batch]) -> torch.Tensor:
-        device = flatten(batches)[0][0].device
-        with precisions.autocast(self.precision, device):
+        images = batches[0][0][0]  # the first part's first argument: its images
+        with precisions.autocast(self.precision, images.device):
             return sum(self.objective.differentiable_loss(self.model.model, self.model.guide, *args,
                                                           num_data=num_data)
                        for args, num_data in batches)
@@ -182,7 +182,8 @@ class CompiledStep:
         self.buffer_names = [name for name, _ in loss.named_buffers()]
         # Inductor cannot take the fused kernels (functionalizing them fails in PyTorch 2.14: "mutating a
         # non-functional tensor with a functional tensor"), so its graph stops at the gradients.
-        self.optimizer = optimizer if backend == "trace" and optimizer is not None and fused_update(optimizer) else None
+        self.update_rule = fused_update(optimizer) if backend == "trace" and optimizer is not None else None
+        self.optimizer = optimizer if self.update_rule is not None else None
         if self.optimizer is not None:
             _initial_state(self.optimizer)
         self.graphs: dict = {}
@@ -195,7 +196,7 @@ class CompiledStep:
 
     def _states(self) -> list[torch.Tensor]:
         """The optimizer's state tensors the graph updates, group by group and name by name."""
-        names = fused_update(self.optimizer)[0]
+        names = self.update_rule[0]
         return [self.optimizer.state[p][name] for group in self.optimizer.param_groups
                 for name in names for p in group["params"]]
 
@@ -208,7 +209,7 @@ class CompiledStep:
         num_params, num_buffers = len(self.parameters), len(self.buffer_names)
         position = {id(p): i for i, p in enumerate(self.parameters)}
         groups = self.optimizer.param_groups if self.updates else []
-        names, update = fused_update(self.optimizer) if self.updates else ((), None)
+        names, update = self.update_rule if self.updates else ((), None)
         num_states = sum(len(names) * len(group["params"]) for group in groups)
 
         def step(*inputs):
