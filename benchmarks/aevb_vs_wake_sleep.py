@@ -50,10 +50,14 @@ training samples per run; ``figure2`` is all nine panels of Figure 2 and the Fig
 10^7 samples; ``paper`` the same grid at the paper's 10^8. Runs are independent; they are spread
 over ``--workers`` processes (several share one GPU), longest first.
 
-**Where results go.** A preset of :data:`COMMITTED_PRESETS` writes to ``benchmarks/results/`` and
-any other to ``runs/benchmarks/<preset>/`` under the working directory, unless ``--out`` is
-given. Files that exist in ``benchmarks/results/`` are replaced only with ``--overwrite``
-(:mod:`committed`); the refusal comes before any training.
+**Where results go.** A preset of :data:`COMMITTED_PRESETS` writes to its folder in
+``benchmarks/results/`` and any other to ``runs/benchmarks/<preset>/`` under the working
+directory, unless ``--out`` is given. Files that exist in ``benchmarks/results/`` are replaced
+only with ``--overwrite`` (:mod:`committed`); the refusal comes before any training. The run
+directories of a committed preset lie in the repository too: their records (``config.json``,
+``history.json``, ``metrics.json``, :data:`OUTCOME`) are committed as runs finish, their
+checkpoints, plots and data are not (``.gitignore``), so a fresh clone continues the benchmark
+where the last commit left it.
 
 **Stopping and continuing.** Every run (pilots included) has its own run directory in
 ``--runs-dir`` (default ``OUT/runs/<preset>/``), named by kind, data set, Nz, method and step size.
@@ -121,8 +125,8 @@ DATA_DIMS = {"mnist": 784, "frey-face": 560}
 TITLES = {"mnist": "MNIST", "frey-face": "Frey Face"}
 COLORS = {"aevb-meanfield": "C0", "aevb-trace": "C2", "wake-sleep": "C3", "rws": "C1"}
 SUBSET_SEED = 0
-#: Presets whose results are committed in benchmarks/results/: they write there by default.
-COMMITTED_PRESETS = ("cpu",)
+#: Presets whose results are committed, and the folder of each: they write there by default.
+COMMITTED_PRESETS = {"cpu": RESULTS, "figure2": RESULTS / "figure2"}
 #: The paper's "initialised from N(0, 0.01)" read as a variance of 0.01, a standard deviation of 0.1
 #: (docs/wake_sleep_frey_face.md: with std 0.01 wake-sleep cannot leave the decoder-ignores-z point on Frey Face).
 PAPER_INIT_STD = 0.1
@@ -687,14 +691,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         + f"\n           {max(grid.samples for grid in preset.grids.values()):.2g} samples per run; "
           f"init std {preset.init_std}; compile {preset.compile}"
         for name, preset in PRESETS.items())
+    committed = ", ".join(f"{name}: {folder.relative_to(RESULTS.parent.parent)}/" for name, folder in COMMITTED_PRESETS.items())
     epilog = f"""presets:
 {presets}
 
 where results go:
-  --preset {' or '.join(COMMITTED_PRESETS)} (committed) writes to benchmarks/results/; any other preset to
-  runs/benchmarks/PRESET/ under the working directory. --out DIR writes to DIR instead. Files
-  that exist in benchmarks/results/ are replaced only with --overwrite: without it the benchmark
-  stops before training anything.
+  a committed preset writes to its folder in benchmarks/results/ ({committed}); any other
+  preset to runs/benchmarks/PRESET/ under the working directory. --out DIR writes to DIR instead.
+  Files that exist in benchmarks/results/ are replaced only with --overwrite: without it the
+  benchmark stops before training anything. A committed preset's run directories are committed
+  too, without their checkpoints and plots: a fresh clone continues where the last commit left.
 
 stopping and continuing:
   every run, pilots included, has its own run directory under --runs-dir. Given the same command
@@ -712,8 +718,8 @@ outputs (in the results folder):
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu", help="(default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae)")
-    parser.add_argument("--out", help="folder for results and figures (default: benchmarks/results/ for "
-                                      f"{', '.join(COMMITTED_PRESETS)}, else runs/benchmarks/PRESET/)")
+    parser.add_argument("--out", help="folder for results and figures (default: a committed preset's folder in "
+                                      "benchmarks/results/, else runs/benchmarks/PRESET/)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in benchmarks/results/")
     parser.add_argument("--runs-dir", help="folder of the run directories, where a stopped benchmark continues "
                                            "(default: OUT/runs/PRESET/)")
@@ -739,10 +745,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def output_folder(preset: str, out: Optional[str]) -> Path:
-    """``out``, else benchmarks/results/ for a committed preset, else its scratch folder."""
+    """``out``, else a committed preset's folder in benchmarks/results/, else its scratch folder."""
     if out is not None:
         return Path(out)
-    return RESULTS if preset in COMMITTED_PRESETS else SCRATCH / preset
+    return COMMITTED_PRESETS.get(preset, SCRATCH / preset)
 
 
 def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:

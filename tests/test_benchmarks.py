@@ -4,7 +4,9 @@ stopped benchmark, its step-size pilot, its errors; where the latent-structure b
 import hashlib
 import json
 import math
+import shutil
 import signal
+import subprocess
 import types
 from pathlib import Path
 
@@ -92,6 +94,24 @@ def test_committed_results_are_replaced_only_with_overwrite(benchmark, no_traini
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "committed results" in error and "pass --overwrite" in error
     assert committed_files() == before
+
+
+def test_committed_presets_keep_their_run_records_in_the_repository(benchmark):
+    """A committed preset writes to its folder of benchmarks/results/, where git keeps each run's
+    records (so a fresh clone continues the benchmark) but not its checkpoints, plots, lock or data."""
+    assert benchmark.output_folder("figure2", None) == RESULTS / "figure2"
+    assert benchmark.output_folder("cpu", None) == RESULTS
+    assert benchmark.output_folder("smoke", None) == Path("runs") / "benchmarks" / "smoke"
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    runs = Path("benchmarks", "results", "figure2", "runs", "figure2")
+    kept = [runs / "invocations.json"] + [runs / "figure2-mnist-3-rws-0.01" / name for name in
+                                          ("config.json", "history.json", "metrics.json", benchmark.OUTCOME)]
+    left_out = [runs / "figure2-mnist-3-rws-0.01" / name for name in ("checkpoint.pt", "samples.png", ".lock")]
+    left_out += [runs / "mnist-1000" / "MNIST" / "raw" / "train-images-idx3-ubyte", Path("runs", "benchmarks", "x")]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(map(str, kept + left_out)),
+                             capture_output=True, text=True, cwd=REPO).stdout.split()
+    assert sorted(ignored) == sorted(map(str, left_out))
 
 
 def test_a_stopped_benchmark_continues_where_it_stopped(benchmark, smoke, tmp_path, monkeypatch, capsys):
