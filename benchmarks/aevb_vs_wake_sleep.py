@@ -133,6 +133,8 @@ PAPER_INIT_STD = 0.1
 #: The files a benchmark writes to its output folder.
 OUTPUTS = ("aevb_vs_wake_sleep.json", "aevb_vs_wake_sleep_summary.json", "aevb_vs_wake_sleep.md",
            "aevb_vs_wake_sleep.png", "figure3.json", "figure3.png")
+#: The exit status of a benchmark stopped by ``--hours`` with runs left (EX_TEMPFAIL: try again).
+EXIT_OUT_OF_TIME = 75
 #: Written by :func:`run_job` into a run directory when the job is over: its error and log p(x).
 OUTCOME = "benchmark_outcome.json"
 
@@ -339,42 +341,75 @@ def _seeded_subset(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Progress:
-    """Runs done, running and left, and the time left: the seconds per unit of :attr:`Job.cost`
-    measured in this invocation times the cost left, spread over the workers."""
+    """Runs done, running and left, and the time each run left should take.
+
+    A run's time is its :attr:`Job.cost` left times the seconds per unit of cost of its data set
+    and method: measured by the runs trained in this invocation where there are some, else read
+    from the histories of finished runs read back (perhaps from another machine), else the rate
+    of every run trained so far; unknown before any.
+    """
 
     def __init__(self, workers: int, start: float):
         self.workers, self.start = workers, start
-        self.costs: dict = {}  # job name -> cost left
-        self.later: list = []  # costs of the runs to come after those planned (the pilots)
+        self.costs: dict = {}  # job name -> (job, cost left)
+        self.later: list = []  # the runs to come after those planned (the pilots), at their full cost
         self.done = 0
-        self.seconds = self.cost_trained = 0.0
+        self.trained: dict = {}  # (data set, method) -> [seconds, cost] trained in this invocation
+        self.read_back: dict = {}  # the same, from finished runs read back
 
-    def plan(self, jobs: Sequence[Job], states: Sequence[tuple], later: Sequence[float]) -> None:
-        """Add ``jobs`` (in ``states`` from :func:`job_state`), followed by runs costing ``later``."""
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def plan(self, jobs: Sequence[Job], states: Sequence[tuple], later: Sequence[Job]) -> None:
+        """Add ``jobs`` (in ``states`` from :func:`job_state`), followed by ``later``."""
         self.later = list(later)
         counts: dict = {}
         for job, (state, epochs) in zip(jobs, states):
             counts[state] = counts.get(state, 0) + 1
-            self.costs[job.name] = 0.0 if state in ("over", "trained") else job.cost * (1 - epochs / job.config["epochs"])
+            self.costs[job.name] = (job, 0.0 if state in ("over", "trained") else job.cost * (1 - epochs / job.config["epochs"]))
         kinds = "/".join(sorted({job.kind for job in jobs}))
-        print(f"[{time.perf_counter() - self.start:7.0f} s] {len(jobs)} {kinds} runs: "
+        print(f"[{self.now() - self.start:7.0f} s] {len(jobs)} {kinds} runs: "
               f"{counts.get('over', 0) + counts.get('trained', 0)} over already, {counts.get('checkpoint', 0)} "
               f"to continue from a checkpoint, {counts.get('new', 0)} to start", flush=True)
 
+    def seconds(self, job: Job, cost: float) -> Optional[float]:
+        """The estimated seconds of ``cost`` of ``job``'s training, or None."""
+        key = (job.network.dataset, job.method)
+        for table in (self.trained, self.read_back):
+            if key in table:
+                seconds, trained = table[key]
+                return seconds / trained * cost
+        if self.trained:
+            return sum(v[0] for v in self.trained.values()) / sum(v[1] for v in self.trained.values()) * cost
+        return None
+
     def finished(self, result: dict) -> str:
         """Count ``result`` in; the progress line."""
+        job = result["job"]
         self.done += 1
-        self.costs[result["job"].name] = 0.0
+        self.costs[job.name] = (job, 0.0)
         if result["trained_cost"] > 0:
-            self.seconds += result["seconds"]
-            self.cost_trained += result["trained_cost"]
-        left_runs = len(self.costs) - self.done + len(self.later)
-        running = min(self.workers, left_runs)
-        line = f"{self.done} runs done, {running} running, {left_runs - running} left"
-        if self.cost_trained > 0 and left_runs:
-            cost_left = sum(self.costs.values()) + sum(self.later)
-            line += f"; about {_duration(self.seconds / self.cost_trained * cost_left / running)} left"
+            entry = self.trained.setdefault((job.network.dataset, job.method), [0.0, 0.0])
+            entry[0] += result["seconds"]
+            entry[1] += result["trained_cost"]
+        elif result["history"]:
+            entry = self.read_back.setdefault((job.network.dataset, job.method), [0.0, 0.0])
+            entry[0] += result["history"][-1]["seconds"]
+            entry[1] += job.cost
+        left = [(job, cost) for job, cost in self.costs.values() if cost > 0] + [(job, job.cost) for job in self.later]
+        running = min(self.workers, len(left))
+        line = f"{self.done} runs done, {running} running, {len(left) - running} left"
+        estimates = [self.seconds(job, cost) for job, cost in left]
+        if left and None not in estimates:
+            line += f"; about {_duration(sum(estimates) / running)} left"
         return line
+
+    def fits(self, job: Job, deadline: Optional[float]) -> bool:
+        """Whether ``job`` should end before ``deadline`` (None: no deadline; an unknown time fits)."""
+        if deadline is None:
+            return True
+        seconds = self.seconds(job, self.costs[job.name][1])
+        return seconds is None or self.now() + 1.1 * seconds <= deadline
 
 
 def _duration(seconds: float) -> str:
@@ -389,9 +424,22 @@ class Stopped(Exception):
         self.signal_number = signal_number
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress, later: Sequence[Job] = ()) -> list[dict]:
+class OutOfTime(Exception):
+    """The benchmark stopped at its time limit (``--hours``) with runs left; the same command continues it."""
+
+    def __init__(self, runs_left: int):
+        super().__init__(runs_left)
+        self.runs_left = runs_left
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress, later: Sequence[Job] = (),
+             deadline: Optional[float] = None) -> list[dict]:
     """Run ``jobs``, longest first, ``workers`` at a time (in this process with one worker, else each
     in a worker process); ``later``: the jobs to come after these, for the time left.
+
+    With a ``deadline`` (a time of :meth:`Progress.now`) a run starts only if it should end before
+    it (:meth:`Progress.fits`; the longest that fits goes first), so that no run is cut short; when
+    none fits and none is running, :class:`OutOfTime` is raised.
 
     On SIGTERM or SIGINT no new run starts, running runs stop at a checkpoint, and
     :class:`Stopped` is raised. A worker process sees the signal only when it is sent to the
@@ -400,7 +448,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress, later: Seque
     """
     ordered = sorted(jobs, key=lambda job: -job.cost)
     states = [job_state(job) for job in ordered]  # refuses every folder of other settings, before any run
-    progress.plan(ordered, states, [job.cost for job in later])
+    progress.plan(ordered, states, later)
     # Runs that are over are read back here; the others go to the workers.
     results = {job.name: _report(run_job(job), progress) for job, (state, _) in zip(ordered, states) if state == "over"}
     stopped = None
@@ -409,8 +457,12 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress, later: Seque
     with StopSignals() as signals, pool:
         waiting, running = [job for job, (state, _) in zip(ordered, states) if state != "over"], set()
         while waiting or running:
-            while waiting and len(running) < workers and not (signals.signal or stopped):
-                running.add(pool.submit(run_job, waiting.pop(0)))
+            while len(running) < workers and not (signals.signal or stopped):
+                job = next((job for job in waiting if progress.fits(job, deadline)), None)
+                if job is None:
+                    break
+                waiting.remove(job)
+                running.add(pool.submit(run_job, job))
             if not running:
                 break
             done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -422,6 +474,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress, later: Seque
                     results[result["job"].name] = _report(result, progress)
     if signals.signal or stopped:
         raise Stopped(signals.signal or stopped)
+    if waiting:
+        raise OutOfTime(len(waiting) + len(later))
     return [results[job.name] for job in ordered]
 
 
@@ -453,7 +507,7 @@ def _report(result: dict, progress: Progress) -> dict:
              f"{history[-1]['samples_seen']:.3g} samples in {history[-1]['seconds']:.0f} s") if history else "no evaluation"
     status = f" ({result['error']})" if result["error"] else ""
     read_back = " (read back)" if result["state"] in ("over", "trained") else ""
-    print(f"[{time.perf_counter() - progress.start:7.0f} s] {job.name}: {final}{status}{read_back}; "
+    print(f"[{progress.now() - progress.start:7.0f} s] {job.name}: {final}{status}{read_back}; "
           f"{progress.finished(result)}", flush=True)
     return result
 
@@ -726,6 +780,8 @@ outputs (in the results folder):
     parser.add_argument("--workers", type=int, default=0,
                         help="runs at a time, each in its own process (default: the CPU cores; 4 on a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--hours", type=float, help="start only runs expected to end within this many hours of the "
+                                                    "start, then stop (status 75); the same command continues")
     return parser.parse_args(argv)
 
 
@@ -741,6 +797,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"stopped by {signal.Signals(stop.signal_number).name}: give the same command to continue",
               file=sys.stderr)
         return 128 + stop.signal_number
+    except OutOfTime as stop:
+        print(f"stopped at the time limit with {stop.runs_left} runs left, none of which would end within it: "
+              "give the same command to continue", file=sys.stderr)
+        return EXIT_OUT_OF_TIME
     return 0
 
 
@@ -761,6 +821,8 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
     workers = args.workers or (4 if device.type == "cuda" else cores)
     if workers < 1:
         raise ConfigError(f"--workers must be positive, got {args.workers}")
+    if args.hours is not None and not args.hours > 0:
+        raise ConfigError(f"--hours must be positive, got {args.hours}")
     runs = Path(args.runs_dir) if args.runs_dir else out / "runs" / args.preset
     runs.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -774,8 +836,10 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
     progress = Progress(workers, start)
     # The runs after the pilots, at any step size: their cost is part of the time left during the pilots.
     later = experiment_jobs(preset, figure3, defaultdict(lambda: LEARNING_RATES[0]), setting)
-    lrs, scores = choose_learning_rates(run_jobs(pilot_jobs(preset, figure3, setting), workers, progress, later))
-    results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress)
+    deadline = None if args.hours is None else start + 3600 * args.hours
+    lrs, scores = choose_learning_rates(run_jobs(pilot_jobs(preset, figure3, setting), workers, progress, later,
+                                                 deadline))
+    results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress, deadline=deadline)
     figure2 = [r for r in results if r["job"].kind == "figure2"]
     figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"])
 

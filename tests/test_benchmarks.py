@@ -165,6 +165,37 @@ def test_a_stopped_benchmark_continues_where_it_stopped(benchmark, smoke, tmp_pa
     assert bounds(tmp_path) == bounds(smoke.out)
 
 
+def test_a_time_limit_starts_only_the_runs_that_end_within_it(benchmark, tmp_path, monkeypatch, capsys):
+    """With a deadline, runs whose estimated time (1.1 x the rate measured so far) would pass it are
+    not started: shorter ones fill the time, and the benchmark stops with the rest left."""
+    clock = [0.0]
+
+    class Clock(benchmark.Progress):
+        def now(self):
+            return clock[0]
+
+    started = []
+
+    def run_job(job):  # one second per unit of cost, on the fake clock
+        started.append(job.cost)
+        clock[0] += job.cost
+        history = [{"seconds": job.cost, "train_elbo": -1.0, "test_elbo": -1.0, "samples_seen": 1}]
+        return {"job": job, "history": history, "error": None, "log_likelihood": None, "state": "new",
+                "stopped": None, "seconds": job.cost, "trained_cost": job.cost}
+
+    monkeypatch.setattr(benchmark, "run_job", run_job)
+    network = benchmark.Network("mnist", "mnist", 3, 500, 60_000, None)
+    jobs = [benchmark.Job("figure2", network, "rws", {"lr": cost, "epochs": 1, "out": str(tmp_path / str(cost))}, cost)
+            for cost in (30.0, 100.0, 10.0, 60.0)]
+    with pytest.raises(benchmark.OutOfTime) as stop:
+        benchmark.run_jobs(jobs, 1, Clock(1, 0.0), deadline=150.0)
+    # 100 (no estimate yet) ends at 100; 60 would end at 166 > 150; 30 ends at 130; 10 at 140.
+    assert started == [100.0, 30.0, 10.0] and stop.value.runs_left == 1
+    assert "3 runs done, 1 running, 0 left; about 1.0 min left" in capsys.readouterr().out  # the 60 s run
+    started.clear()
+    assert len(benchmark.run_jobs(jobs, 1, Clock(1, 0.0))) == 4 and started == [100.0, 60.0, 30.0, 10.0]
+
+
 def test_pilot_keeps_the_best_final_training_bound_and_refuses_total_divergence(benchmark):
     network = benchmark.Network("frey-face", "frey-face", 2, 200, 1765, None)
 
@@ -192,6 +223,8 @@ def test_figure2_preset_is_the_papers_grid(benchmark):
 
 @pytest.mark.parametrize("argv, message", [(["--workers", "-1", "--device", "cpu", "--out", "{tmp}"],
                                             "--workers must be positive"),
+                                           (["--hours", "0", "--device", "cpu", "--out", "{tmp}"],
+                                            "--hours must be positive"),
                                            (["--preset", "nope"], "invalid choice")])
 def test_bad_arguments_end_with_one_line(benchmark, capsys, tmp_path, argv, message):
     try:
