@@ -65,7 +65,8 @@ Given the same command again, a finished run is read back, one with a checkpoint
 it with :func:`pyro_vae.resume` (bit-exact on the same device type), and one that stopped before
 its first checkpoint starts again. A run directory written with other settings is refused, not
 continued. After each run a line says how many runs are done, running and left, and the time
-left (seconds per unit of :attr:`Job.cost` measured so far in this invocation).
+left (:class:`Progress`). ``--hours H`` starts only the runs expected to end within H hours, so
+that a session's time goes to runs that finish.
 
 Outputs in ``--out``:
 
@@ -762,7 +763,8 @@ stopping and continuing:
   continues from it (bit-exact on the same device type), and a run that stopped before its first
   checkpoint starts again. A run directory written with other settings (another preset or seed)
   is refused. After each run a line says how many runs are done, running and left, and about how
-  long the rest takes.
+  long the rest takes. --hours H starts only the runs expected to end within H hours of the start,
+  then stops with status 75.
 
 outputs (in the results folder):
   {', '.join(OUTPUTS)}
