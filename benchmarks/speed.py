@@ -18,7 +18,9 @@ Implementations (``impl`` in the JSON):
                 * ``trace-split``: the traced graph returns loss and gradients, the optimizer runs
                   eagerly after it (mode ``trace``);
                 * ``trace``: loss, gradients, clipping and the fused Adam update in one traced graph
-                  (mode ``trace+update``);
+                  (mode ``trace+update``), replayed as a CUDA graph on CUDA (``trace+update+cudagraph``);
+                * ``trace-launches`` (CUDA only): the same graph replayed kernel by kernel, without a
+                  CUDA graph;
                 * ``inductor``: the traced graph up to the gradients compiled by TorchInductor, the
                   fused Adam after it (mode ``inductor``);
                 * ``eager-bf16``, ``trace-bf16``, ``inductor-bf16``: the same with the matrix
@@ -86,7 +88,8 @@ LR = 1e-3
 #: The project's step variants: name -> (compile mode, precision). ``auto`` is resolved as
 #: ``pyro-vae train`` resolves it; ``trace-split`` stops the traced graph at the gradients.
 PYRO_VARIANTS = {"default": ("auto", "fp32"), "eager": ("none", "fp32"), "trace-split": ("trace", "fp32"),
-                 "trace": ("trace", "fp32"), "inductor": ("inductor", "fp32"), "eager-bf16": ("none", "bf16"),
+                 "trace": ("trace", "fp32"), "trace-launches": ("trace", "fp32"), "inductor": ("inductor", "fp32"),
+                 "eager-bf16": ("none", "bf16"),
                  "trace-bf16": ("trace", "bf16"), "inductor-bf16": ("inductor", "bf16")}
 
 # ------------------------------------------------------------------------------------ helpers
@@ -239,6 +242,7 @@ class PyroStep:
     """The project's training step for one objective and variant; ``step(batch)`` returns the loss."""
 
     def __init__(self, objective: str, variant: str, device, batch_size: int):
+        import torch
         from pyro_vae.config import DATASET_DEFAULTS
         from pyro_vae.models import build_vae
         from pyro_vae.objectives import make_objective
@@ -252,7 +256,10 @@ class PyroStep:
         self.step = TrainingStep(loss, make_optimizer("adam", model.parameters(), LR), compile=compile_mode)
         if variant == "trace-split":  # no optimizer in the graph: it returns loss and gradients
             self.step.compiled = CompiledStep(loss, "trace")
-        expected = {"none": "none", "trace": "trace" if variant == "trace-split" else "trace+update",
+        elif variant == "trace-launches":
+            self.step.compiled = CompiledStep(loss, "trace", self.step.optimizer, cuda_graphs=False)
+        cuda_graph = "+cudagraph" if torch.device(device).type == "cuda" and variant != "trace-launches" else ""
+        expected = {"none": "none", "trace": "trace" if variant == "trace-split" else "trace+update" + cuda_graph,
                     "inductor": "inductor"}[compile_mode]
         assert self.step.mode == expected, (variant, self.step.mode)
 
@@ -266,15 +273,20 @@ class PyroStep:
 
 
 def pyro_variants(args, device) -> list:
-    """The ``--pyro-variants`` that can run on ``device``: bf16 ones need a bfloat16 matrix unit."""
+    """The ``--pyro-variants`` that can run on ``device``: bf16 ones need a bfloat16 matrix unit,
+    ``trace-launches`` CUDA (elsewhere it is ``trace``)."""
+    import torch
     from pyro_vae.precision import bf16_matrix_unit
+    variants = list(args.pyro_variants)
+    if torch.device(device).type != "cuda" and "trace-launches" in variants:
+        variants.remove("trace-launches")
     if bf16_matrix_unit(device) is not None:
-        return list(args.pyro_variants)
-    skipped = [v for v in args.pyro_variants if PYRO_VARIANTS[v][1] == "bf16"]
+        return variants
+    skipped = [v for v in variants if PYRO_VARIANTS[v][1] == "bf16"]
     if skipped:
         print(f"note: skipping {', '.join(skipped)}: {device} has no bfloat16 matrix unit (AMX, AVX512-BF16, CUDA)",
               file=sys.stderr, flush=True)
-    return [v for v in args.pyro_variants if v not in skipped]
+    return [v for v in variants if v not in skipped]
 
 
 def hand_written_step(objective: str, variant: str, device, particles: int = 5) -> Callable:

@@ -17,7 +17,9 @@ optimizer's state), so one call of the graph is one step. Model and guide stay o
 programs, run once by Pyro's own handlers while tracing.
 
 * ``"trace"`` replays the traced graph: no Pyro overhead and no host sync per step, the same
-  random draws and the same parameters as the eager step for the same seed (tested).
+  random draws and the same parameters as the eager step for the same seed (tested). On CUDA,
+  with the update in the graph, the replay is a CUDA graph (:class:`CUDAGraphReplay`): one
+  launch per step instead of one per kernel.
 * ``"inductor"`` compiles the traced graph with TorchInductor, which fuses the elementwise work
   around the matrix products (C++ on the CPU, Triton on CUDA). The first step of each batch shape
   compiles (tens of seconds on a CPU; cached on disk after). Random draws come from Inductor's
@@ -152,6 +154,53 @@ def _initial_state(optimizer: torch.optim.Optimizer) -> None:
                                           "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
 
+class CUDAGraphReplay:
+    """A traced step replayed as one :class:`torch.cuda.CUDAGraph`.
+
+    :param graph: the traced step; it updates its first ``num_static`` inputs (parameters, buffers,
+        optimizer state) in place and takes the batch tensors after them.
+
+    The first call runs ``graph`` as it is, on a side stream: the warm-up capture needs (cuBLAS
+    workspaces, first allocations). The second captures it and replays the capture; later calls
+    copy the batch into the capture's own input buffers and replay. A step is captured again when an
+    input tensor was replaced (an optimizer state loaded on resume). Random draws come from the
+    device's generator, whose offset each replay advances as the eager kernels would. Outputs are
+    cloned, as the next replay overwrites the capture's own.
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule, num_static: int):
+        self.graph = graph
+        self.num_static = num_static
+        self.cuda_graph: Optional[torch.cuda.CUDAGraph] = None
+        self.addresses: tuple = ()
+        self.batch: list[torch.Tensor] = []
+        self.outputs: Sequence[torch.Tensor] = ()
+        self.warm = False
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        static, batch = inputs[:self.num_static], inputs[self.num_static:]
+        addresses = tuple(t.data_ptr() for t in static)
+        if not self.warm:
+            self.warm = True
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                outputs = self.graph(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return outputs
+        if self.cuda_graph is None or addresses != self.addresses:
+            self.batch = [t.clone() for t in batch]
+            self.cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.cuda_graph):
+                self.outputs = self.graph(*static, *self.batch)
+            self.addresses = addresses
+        else:
+            for buffer, t in zip(self.batch, batch):
+                buffer.copy_(t)
+        self.cuda_graph.replay()
+        return [t.clone() for t in self.outputs]
+
+
 class CompiledStep:
     """One training step as one traced graph (see the module's docstring), per batch signature.
 
@@ -161,6 +210,8 @@ class CompiledStep:
         (:func:`fused_update`); None, one without, or ``"inductor"`` makes the graph return
         ``(loss, gradients)`` for the caller to apply.
     :param clip_grad_norm: with the update in the graph, the gradient's total norm is clipped there.
+    :param cuda_graphs: replay the step as a CUDA graph where it can be (:class:`CUDAGraphReplay`:
+        the update in a ``"trace"`` graph, parameters on CUDA).
 
     Calling it returns ``(loss, finite)`` with the update inside, else ``(loss, gradients)``.
     Graphs are cached by the shapes, dtypes and devices of the batch tensors, the non-tensor
@@ -169,7 +220,7 @@ class CompiledStep:
     """
 
     def __init__(self, loss: ObjectiveLoss, backend: str = "inductor", optimizer: Optional[torch.optim.Optimizer] = None,
-                 clip_grad_norm: Optional[float] = None):
+                 clip_grad_norm: Optional[float] = None, cuda_graphs: bool = True):
         if backend not in ("trace", "inductor"):
             raise ValueError(f"unknown backend {backend!r}: choose trace or inductor")
         self.loss = loss
@@ -186,6 +237,7 @@ class CompiledStep:
         self.optimizer = optimizer if self.update_rule is not None else None
         if self.optimizer is not None:
             _initial_state(self.optimizer)
+        self.cuda_graphs = cuda_graphs and self.updates and all(p.is_cuda for p in self.parameters)
         self.graphs: dict = {}
         self.fallback_reason: Optional[str] = None
 
@@ -246,7 +298,9 @@ class CompiledStep:
             + [b for _, b in self.loss.named_buffers()] \
             + [t.clone() for t in (self._states() if self.updates else [])] + data
         graph = trace(step, *inputs)
-        return compile_graph(graph) if self.backend == "inductor" else graph
+        if self.backend == "inductor":
+            return compile_graph(graph)
+        return CUDAGraphReplay(graph, len(inputs) - len(data)) if self.cuda_graphs else graph
 
     def _key(self, batches: Sequence[Batch]) -> tuple:
         options = tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params"))
@@ -266,6 +320,13 @@ class CompiledStep:
             with torch.no_grad():
                 loss, *rest = graph(*self._inputs(batches))
         except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler for Inductor
+            if isinstance(graph, CUDAGraphReplay):
+                # A failed capture ran nothing: the step is taken again by the plain replay.
+                self._fall_back(f"CUDA graph capture failed ({type(error).__name__}: {first_line(error)[:200]}); "
+                                "replaying the traced graph without it")
+                self.cuda_graphs = False
+                self.graphs = {k: g.graph if isinstance(g, CUDAGraphReplay) else g for k, g in self.graphs.items()}
+                return self(batches)
             if self.backend != "inductor":
                 raise
             self._fall_back(f"Inductor failed ({type(error).__name__}: {str(error)[:200]}); replaying the traced "
@@ -323,11 +384,12 @@ class TrainingStep:
 
     @property
     def mode(self) -> str:
-        """The step that runs: "none" (eager), "trace" or "inductor", and "+update" where the
-        optimizer's update is inside the traced graph."""
+        """The step that runs: "none" (eager), "trace" or "inductor", "+update" where the
+        optimizer's update is inside the traced graph, "+cudagraph" where it is replayed as a CUDA graph."""
         if self.compiled is None:
             return "none"
-        return self.compiled.backend + ("+update" if self.compiled.updates else "")
+        return (self.compiled.backend + ("+update" if self.compiled.updates else "")
+                + ("+cudagraph" if self.compiled.cuda_graphs else ""))
 
     def __call__(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Take one step; returns the detached loss and whether loss and gradient were finite."""

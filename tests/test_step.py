@@ -1,5 +1,6 @@
 """The training step: compiled steps compute what the eager step computes; fused optimizers match foreach."""
 
+import copy
 import warnings
 
 import pyro
@@ -73,10 +74,13 @@ def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_dec
         optimizer = make_optimizer(name, model.parameters(), 1e-2, weight_decay)
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, clip_grad_norm=clip,
                             compile=mode)
-        # A PyTorch without this optimizer's fused kernel on the device stops the graph at the gradients.
-        assert step.mode == {"none": "none", "trace": "trace+update" if fused_update(optimizer) else "trace"}[mode]
+        # A PyTorch without this optimizer's fused kernel on the device stops the graph at the gradients;
+        # on CUDA the whole update is replayed as a CUDA graph.
+        in_graph = "trace+update" + ("+cudagraph" if device == "cuda" else "")
+        assert step.mode == {"none": "none", "trace": in_graph if fused_update(optimizer) else "trace"}[mode]
         assert step.mode != "trace" or device != "cpu"
         torch.manual_seed(7)
+        # Six steps: on CUDA the warm-up, the capture and four replays.
         losses = torch.stack([step([((batch(seed=s, device=device),), NUM_DATA)])[0] for s in range(6)])
         state = [t.clone() for p in model.parameters() for t in optimizer.state[p].values()]
         results.append((losses, [p.detach().clone() for p in model.parameters()], state))
@@ -84,6 +88,61 @@ def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_dec
     assert torch.equal(traced_losses, eager_losses)
     assert all(torch.equal(a, b) for a, b in zip(traced_params, eager_params))
     assert len(traced_state) == len(eager_state) and all(torch.equal(a, b) for a, b in zip(traced_state, eager_state))
+
+
+def eager_and_compiled(device: str, steps: int, between=None, prepare=None) -> list:
+    """Losses and parameters of ``steps`` Adagrad steps, eager and compiled (``prepare(step)`` first;
+    ``between(step, optimizer, i)`` after step i)."""
+    results = []
+    for mode in ("none", "trace"):
+        model = small_vae().to(device)
+        optimizer = make_optimizer("adagrad", model.parameters(), 1e-2, 1.0)
+        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, compile=mode)
+        if prepare is not None and mode == "trace":
+            prepare(step)
+        torch.manual_seed(7)
+        losses = []
+        for i in range(steps):
+            losses.append(step([((batch(seed=i, device=device),), NUM_DATA)])[0])
+            if between is not None:
+                between(step, optimizer, i)
+        results.append((step, torch.stack(losses), [p.detach().clone() for p in model.parameters()]))
+    return results
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_the_plain_replay(monkeypatch):
+    """One warning, then the traced graph replayed without a CUDA graph: no step lost or taken twice."""
+    device = DEVICES[-1]
+    if device == "cuda":  # the warm-up runs; the capture, at the second step, fails
+        def refuse(*args, **kwargs):
+            raise RuntimeError("capture refused")
+        monkeypatch.setattr(torch.cuda, "graph", refuse)
+        prepare = None
+    else:  # without a GPU the warm-up's side stream fails, before the graph runs
+        def prepare(step):
+            step.compiled.cuda_graphs = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (_, eager_losses, eager_params), (step, losses, params) = eager_and_compiled(device, 4, prepare=prepare)
+    assert [str(w.message).split(" (")[0] for w in caught if "CUDA graph" in str(w.message)] == [
+        "compiled training step: CUDA graph capture failed"]
+    assert step.mode == "trace+update"
+    assert torch.equal(losses, eager_losses) and all(torch.equal(a, b) for a, b in zip(params, eager_params))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_cuda_graph_is_captured_again_when_the_optimizer_state_is_replaced():
+    """Loading an optimizer state (as resuming does) gives it new tensors: the step captures again
+    and goes on as the eager step does."""
+    def reload(step, optimizer, i):
+        if i == 3:  # a copy, as a checkpoint read from disk is
+            before = [t.data_ptr() for state in optimizer.state.values() for t in state.values()]
+            optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+            assert before != [t.data_ptr() for state in optimizer.state.values() for t in state.values()]
+
+    (_, eager_losses, eager_params), (step, losses, params) = eager_and_compiled("cuda", 7, between=reload)
+    assert step.mode == "trace+update+cudagraph"
+    assert torch.equal(losses, eager_losses) and all(torch.equal(a, b) for a, b in zip(params, eager_params))
 
 
 def test_a_parameter_without_gradient_is_left_alone_by_the_traced_update():
