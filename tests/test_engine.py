@@ -274,6 +274,8 @@ def test_an_unknown_setting_is_refused(tmp_path):
 # ---- the built-in models through the public path: the same figures as before ------------------------
 
 #: Seeded two-epoch runs, recorded before the built-in models moved onto factories (test ELBO per epoch).
+#: Compared to 1e-6 relative: another CPU's kernels (AVX2 against AVX-512) round differently in the
+#: last digits, while a changed draw or model moves these figures by tenths of a nat.
 PINNED = {
     "vae": ({}, [-281.5740147399902, -187.11642829895018]),
     "vae-bernoulli-trace": ({"likelihood": "bernoulli", "objective": "trace", "eval_particles": 2, "batch_size": 64},
@@ -286,7 +288,7 @@ def test_a_built_in_model_gives_the_history_it_gave_before(tmp_path, name):
     options, test_elbos = PINNED[name]
     config = TrainConfig(**{"dataset": "frey-face", "latent_dim": 2, "hidden_dims": [16], "epochs": 2,
                             "eval_particles": 3, "device": "cpu", "out": str(tmp_path / "r"), **options})
-    assert [record["test_elbo"] for record in train(config, progress=False).history] == test_elbos
+    assert [record["test_elbo"] for record in train(config, progress=False).history] == pytest.approx(test_elbos, rel=1e-6)
 
 
 def test_m2_gives_the_history_it_gave_before(tmp_path, data_dir):
@@ -294,8 +296,8 @@ def test_m2_gives_the_history_it_gave_before(tmp_path, data_dir):
                          hidden_dims=[16], epochs=2, eval_particles=2, model_args={"labels_per_class": 2},
                          device="cpu", out=str(tmp_path / "r"))
     history = train(config, progress=False).history
-    assert [(r["test_elbo"], r["test_accuracy"]) for r in history] == [(-546.4904558837891, 0.0802),
-                                                                       (-528.8937402709961, 0.0979)]
+    assert [r["test_elbo"] for r in history] == pytest.approx([-546.4904558837891, -528.8937402709961], rel=1e-6)
+    assert [r["test_accuracy"] for r in history] == [0.0802, 0.0979]
 
 
 # ---- the default step: the traced replay, with the eager step's figures ---------------------------------
