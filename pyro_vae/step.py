@@ -161,7 +161,8 @@ class CUDAGraphReplay:
         optimizer state) in place and takes the batch tensors after them.
 
     The first call runs ``graph`` as it is, on a side stream: the warm-up capture needs (cuBLAS
-    workspaces, first allocations). The second captures it and replays the capture; later calls
+    workspaces, first allocations, made for that stream). The second captures it on the same stream
+    and replays the capture; later calls
     copy the batch into the capture's own input buffers and replay. A step is captured again when an
     input tensor was replaced (an optimizer state loaded on resume). Random draws come from the
     device's generator, whose offset each replay advances as the eager kernels would. Outputs are
@@ -175,23 +176,22 @@ class CUDAGraphReplay:
         self.addresses: tuple = ()
         self.batch: list[torch.Tensor] = []
         self.outputs: Sequence[torch.Tensor] = ()
-        self.warm = False
+        self.stream: Optional[torch.cuda.Stream] = None  # of the warm-up and the captures
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         static, batch = inputs[:self.num_static], inputs[self.num_static:]
         addresses = tuple(t.data_ptr() for t in static)
-        if not self.warm:
-            self.warm = True
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
                 outputs = self.graph(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.stream)
             return outputs
         if self.cuda_graph is None or addresses != self.addresses:
             self.batch = [t.clone() for t in batch]
             self.cuda_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.cuda_graph):
+            with torch.cuda.graph(self.cuda_graph, stream=self.stream):
                 self.outputs = self.graph(*static, *self.batch)
             self.addresses = addresses
         else:
