@@ -344,8 +344,9 @@ def _seeded_subset(x: torch.Tensor, size: int) -> torch.Tensor:
 class Progress:
     """Runs done, running and left, and the time each run left should take.
 
-    A run's time is its :attr:`Job.cost` left times the seconds per unit of cost of its data set
-    and method: measured by the runs trained in this invocation where there are some, else read
+    A run's time is its :attr:`Job.cost` left times the seconds per unit of cost of its network (data
+    set and hidden units) and method: measured by the runs trained in this invocation where there are
+    some, else read
     from the histories of finished runs read back (perhaps from another machine), else the rate
     of every run trained so far; unknown before any.
     """
@@ -355,7 +356,7 @@ class Progress:
         self.costs: dict = {}  # job name -> (job, cost left)
         self.later: list = []  # the runs to come after those planned (the pilots), at their full cost
         self.done = 0
-        self.trained: dict = {}  # (data set, method) -> [seconds, cost] trained in this invocation
+        self.trained: dict = {}  # (data set, hidden units, method) -> [seconds, cost] trained in this invocation
         self.read_back: dict = {}  # the same, from finished runs read back
 
     def now(self) -> float:
@@ -375,7 +376,7 @@ class Progress:
 
     def seconds(self, job: Job, cost: float) -> Optional[float]:
         """The estimated seconds of ``cost`` of ``job``'s training, or None."""
-        key = (job.network.dataset, job.method)
+        key = _rate_key(job)
         for table in (self.trained, self.read_back):
             if key in table:
                 seconds, trained = table[key]
@@ -390,11 +391,11 @@ class Progress:
         self.done += 1
         self.costs[job.name] = (job, 0.0)
         if result["trained_cost"] > 0:
-            entry = self.trained.setdefault((job.network.dataset, job.method), [0.0, 0.0])
+            entry = self.trained.setdefault(_rate_key(job), [0.0, 0.0])
             entry[0] += result["seconds"]
             entry[1] += result["trained_cost"]
         elif result["history"]:
-            entry = self.read_back.setdefault((job.network.dataset, job.method), [0.0, 0.0])
+            entry = self.read_back.setdefault(_rate_key(job), [0.0, 0.0])
             entry[0] += result["history"][-1]["seconds"]
             entry[1] += job.cost
         left = [(job, cost) for job, cost in self.costs.values() if cost > 0] + [(job, job.cost) for job in self.later]
@@ -411,6 +412,12 @@ class Progress:
             return True
         seconds = self.seconds(job, self.costs[job.name][1])
         return seconds is None or self.now() + 1.1 * seconds <= deadline
+
+
+def _rate_key(job: Job) -> tuple:
+    """What a run's seconds per unit of cost depend on: the network's size (a small network spends more
+    of its time outside the matrix products) and the method."""
+    return job.network.dataset, job.network.hidden_dim, job.method
 
 
 def _duration(seconds: float) -> str:

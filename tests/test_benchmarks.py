@@ -196,6 +196,25 @@ def test_a_time_limit_starts_only_the_runs_that_end_within_it(benchmark, tmp_pat
     assert len(benchmark.run_jobs(jobs, 1, Clock(1, 0.0))) == 4 and started == [100.0, 60.0, 30.0, 10.0]
 
 
+def test_run_times_are_estimated_per_network_and_method(benchmark, tmp_path):
+    """A small network's seconds per unit of cost are its own: a Figure 3 run (100 hidden units) is
+    not timed by the 500-unit runs of the same data set and method."""
+    progress = benchmark.Progress(1, 0.0)
+    large, small = (benchmark.Network(group, "mnist", 3, hidden, 60_000, None)
+                    for group, hidden in (("mnist", 500), ("figure3-1000", 100)))
+    jobs = [benchmark.Job(kind, network, "aevb-meanfield", {"lr": 0.01, "epochs": 1, "out": str(tmp_path / kind)}, 100.0)
+            for kind, network in (("figure2", large), ("figure3", small), ("pilot", small))]
+    progress.plan(jobs, [("new", 0), ("new", 0), ("over", 0)], [])
+
+    def result(job, seconds, trained):
+        return {"job": job, "history": [{"seconds": seconds}], "trained_cost": job.cost if trained else 0.0,
+                "seconds": seconds}
+
+    progress.finished(result(jobs[2], 500.0, trained=False))  # read back: 5 s per unit
+    progress.finished(result(jobs[0], 100.0, trained=True))  # trained here: 1 s per unit
+    assert progress.seconds(jobs[1], 10.0) == 50.0 and progress.seconds(jobs[0], 10.0) == 10.0
+
+
 def test_pilot_keeps_the_best_final_training_bound_and_refuses_total_divergence(benchmark):
     network = benchmark.Network("frey-face", "frey-face", 2, 200, 1765, None)
 
