@@ -162,11 +162,10 @@ class CUDAGraphReplay:
 
     The first call runs ``graph`` as it is, on a side stream: the warm-up capture needs (cuBLAS
     workspaces, first allocations, made for that stream). The second captures it on the same stream
-    and replays the capture; later calls
-    copy the batch into the capture's own input buffers and replay. A step is captured again when an
-    input tensor was replaced (an optimizer state loaded on resume). Random draws come from the
-    device's generator, whose offset each replay advances as the eager kernels would. Outputs are
-    cloned, as the next replay overwrites the capture's own.
+    and replays the capture; later calls copy the batch into the capture's own input buffers and
+    replay. A step is captured again when an input tensor was replaced (an optimizer state loaded on
+    resume). Random draws come from the device's generator, whose offset each replay advances as
+    the eager kernels would. Outputs are cloned, as the next replay overwrites the capture's own.
     """
 
     def __init__(self, graph: torch.fx.GraphModule, num_static: int):
@@ -321,7 +320,8 @@ class CompiledStep:
                 loss, *rest = graph(*self._inputs(batches))
         except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler for Inductor
             if isinstance(graph, CUDAGraphReplay):
-                # A failed capture ran nothing: the step is taken again by the plain replay.
+                # A capture runs nothing, so the plain replay takes this step; a warm-up that failed
+                # fails there again and raises.
                 self._fall_back(f"CUDA graph capture failed ({type(error).__name__}: {first_line(error)[:200]}); "
                                 "replaying the traced graph without it")
                 self.cuda_graphs = False
