@@ -346,9 +346,8 @@ class Progress:
 
     A run's time is its :attr:`Job.cost` left times the seconds per unit of cost of its network (data
     set and hidden units) and method: measured by the runs trained in this invocation where there are
-    some, else read
-    from the histories of finished runs read back (perhaps from another machine), else the rate
-    of every run trained so far; unknown before any.
+    some, else read from the histories of finished runs read back (perhaps from another machine),
+    else the rate of every run trained so far; unknown before any.
     """
 
     def __init__(self, workers: int, start: float):
@@ -391,13 +390,9 @@ class Progress:
         self.done += 1
         self.costs[job.name] = (job, 0.0)
         if result["trained_cost"] > 0:
-            entry = self.trained.setdefault(_rate_key(job), [0.0, 0.0])
-            entry[0] += result["seconds"]
-            entry[1] += result["trained_cost"]
+            _count(self.trained, job, result["seconds"], result["trained_cost"])
         elif result["history"]:
-            entry = self.read_back.setdefault(_rate_key(job), [0.0, 0.0])
-            entry[0] += result["history"][-1]["seconds"]
-            entry[1] += job.cost
+            _count(self.read_back, job, result["history"][-1]["seconds"], job.cost)
         left = [(job, cost) for job, cost in self.costs.values() if cost > 0] + [(job, job.cost) for job in self.later]
         running = min(self.workers, len(left))
         line = f"{self.done} runs done, {running} running, {len(left) - running} left"
@@ -412,6 +407,13 @@ class Progress:
             return True
         seconds = self.seconds(job, self.costs[job.name][1])
         return seconds is None or self.now() + 1.1 * seconds <= deadline
+
+
+def _count(table: dict, job: Job, seconds: float, cost: float) -> None:
+    """Add ``seconds`` spent on ``cost`` of ``job`` to its entry of a rate table."""
+    entry = table.setdefault(_rate_key(job), [0.0, 0.0])
+    entry[0] += seconds
+    entry[1] += cost
 
 
 def _rate_key(job: Job) -> tuple:

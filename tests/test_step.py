@@ -1,7 +1,9 @@
 """The training step: compiled steps compute what the eager step computes; fused optimizers match foreach."""
 
 import copy
+import types
 import warnings
+from typing import Optional
 
 import pyro
 import pytest
@@ -68,36 +70,30 @@ def test_traced_steps_train_as_the_eager_steps():
 def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_decay, clip, device):
     """Loss, clipping (0.5 clips every step here) and the fused Adam/Adagrad update in one graph: the
     eager step's losses, parameters and optimizer state, to the bit."""
-    results = []
+    # Six steps: on CUDA the warm-up, the capture and four replays.
+    eager, traced = eager_and_compiled(device, 6, name, weight_decay, clip)
+    # A PyTorch without this optimizer's fused kernel on the device stops the graph at the gradients;
+    # on CUDA the whole update is replayed as a CUDA graph.
+    in_graph = "trace+update" + ("+cudagraph" if device == "cuda" else "")
+    assert eager.step.mode == "none"
+    assert traced.step.mode == (in_graph if fused_update(traced.step.optimizer) else "trace")
+    assert traced.step.mode != "trace" or device != "cpu"
+    assert torch.equal(traced.losses, eager.losses)
+    assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
+    assert len(traced.state) == len(eager.state) and all(torch.equal(a, b) for a, b in zip(traced.state, eager.state))
+
+
+def eager_and_compiled(device: str, steps: int, name: str = "adagrad", weight_decay: float = 1.0,
+                       clip: Optional[float] = None, between=None, prepare=None) -> list:
+    """The eager and the traced run of ``steps`` steps from the same seed: each run's step, losses,
+    parameters and optimizer state (``prepare(step)`` before the traced run; ``between(optimizer, i)``
+    after step i of each)."""
+    runs = []
     for mode in ("none", "trace"):
         model = small_vae().to(device)
         optimizer = make_optimizer(name, model.parameters(), 1e-2, weight_decay)
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, clip_grad_norm=clip,
                             compile=mode)
-        # A PyTorch without this optimizer's fused kernel on the device stops the graph at the gradients;
-        # on CUDA the whole update is replayed as a CUDA graph.
-        in_graph = "trace+update" + ("+cudagraph" if device == "cuda" else "")
-        assert step.mode == {"none": "none", "trace": in_graph if fused_update(optimizer) else "trace"}[mode]
-        assert step.mode != "trace" or device != "cpu"
-        torch.manual_seed(7)
-        # Six steps: on CUDA the warm-up, the capture and four replays.
-        losses = torch.stack([step([((batch(seed=s, device=device),), NUM_DATA)])[0] for s in range(6)])
-        state = [t.clone() for p in model.parameters() for t in optimizer.state[p].values()]
-        results.append((losses, [p.detach().clone() for p in model.parameters()], state))
-    (eager_losses, eager_params, eager_state), (traced_losses, traced_params, traced_state) = results
-    assert torch.equal(traced_losses, eager_losses)
-    assert all(torch.equal(a, b) for a, b in zip(traced_params, eager_params))
-    assert len(traced_state) == len(eager_state) and all(torch.equal(a, b) for a, b in zip(traced_state, eager_state))
-
-
-def eager_and_compiled(device: str, steps: int, between=None, prepare=None) -> list:
-    """Losses and parameters of ``steps`` Adagrad steps, eager and compiled (``prepare(step)`` first;
-    ``between(step, optimizer, i)`` after step i)."""
-    results = []
-    for mode in ("none", "trace"):
-        model = small_vae().to(device)
-        optimizer = make_optimizer("adagrad", model.parameters(), 1e-2, 1.0)
-        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, compile=mode)
         if prepare is not None and mode == "trace":
             prepare(step)
         torch.manual_seed(7)
@@ -105,9 +101,11 @@ def eager_and_compiled(device: str, steps: int, between=None, prepare=None) -> l
         for i in range(steps):
             losses.append(step([((batch(seed=i, device=device),), NUM_DATA)])[0])
             if between is not None:
-                between(step, optimizer, i)
-        results.append((step, torch.stack(losses), [p.detach().clone() for p in model.parameters()]))
-    return results
+                between(optimizer, i)
+        runs.append(types.SimpleNamespace(
+            step=step, losses=torch.stack(losses), params=[p.detach().clone() for p in model.parameters()],
+            state=[t.clone() for p in model.parameters() for t in optimizer.state[p].values()]))
+    return runs
 
 
 def test_a_failed_cuda_graph_capture_falls_back_to_the_plain_replay(monkeypatch):
@@ -123,26 +121,28 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_plain_replay(monkeypatch)
             step.compiled.cuda_graphs = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        (_, eager_losses, eager_params), (step, losses, params) = eager_and_compiled(device, 4, prepare=prepare)
+        eager, traced = eager_and_compiled(device, 4, prepare=prepare)
     assert [str(w.message).split(" (")[0] for w in caught if "CUDA graph" in str(w.message)] == [
         "compiled training step: CUDA graph capture failed"]
-    assert step.mode == "trace+update"
-    assert torch.equal(losses, eager_losses) and all(torch.equal(a, b) for a, b in zip(params, eager_params))
+    assert traced.step.mode == "trace+update"
+    assert torch.equal(traced.losses, eager.losses)
+    assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_cuda_graph_is_captured_again_when_the_optimizer_state_is_replaced():
     """Loading an optimizer state (as resuming does) gives it new tensors: the step captures again
     and goes on as the eager step does."""
-    def reload(step, optimizer, i):
+    def reload(optimizer, i):
         if i == 3:  # a copy, as a checkpoint read from disk is
             before = [t.data_ptr() for state in optimizer.state.values() for t in state.values()]
             optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
             assert before != [t.data_ptr() for state in optimizer.state.values() for t in state.values()]
 
-    (_, eager_losses, eager_params), (step, losses, params) = eager_and_compiled("cuda", 7, between=reload)
-    assert step.mode == "trace+update+cudagraph"
-    assert torch.equal(losses, eager_losses) and all(torch.equal(a, b) for a, b in zip(params, eager_params))
+    eager, traced = eager_and_compiled("cuda", 7, between=reload)
+    assert traced.step.mode == "trace+update+cudagraph"
+    assert torch.equal(traced.losses, eager.losses)
+    assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
 
 
 def test_a_parameter_without_gradient_is_left_alone_by_the_traced_update():
