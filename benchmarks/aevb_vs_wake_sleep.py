@@ -73,10 +73,11 @@ Outputs in ``--out``:
 * ``aevb_vs_wake_sleep.json``: one record per evaluation: ``dataset``, ``latent_dim``, ``method``,
   ``samples_seen``, ``train_bound``, ``test_bound``, ``seconds``, and ``epoch``, ``lr``,
   ``hidden_dim``, ``particles``;
-* ``aevb_vs_wake_sleep.png``: Figure 2's panels, one per (dataset, Nz);
+* ``aevb_vs_wake_sleep.png``: Figure 2's panels, one per (dataset, Nz), over the paper's curves;
 * ``aevb_vs_wake_sleep_summary.json``: command, wall time, machine and its load, step sizes and
-  pilot scores, final bounds; ``aevb_vs_wake_sleep.md``: the final figures as tables;
-* ``figure3.json``, ``figure3.png``: the marginal log-likelihoods.
+  pilot scores, final bounds, and ours beside the paper's at 10^6 and 10^7 samples
+  (:data:`PAPER`); ``aevb_vs_wake_sleep.md``: the same as tables;
+* ``figure3.json``, ``figure3.png``: the marginal log-likelihoods, beside the paper's.
 
 Example::
 
@@ -116,21 +117,37 @@ from pyro_vae.training import resolve_device  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from committed import RESULTS, SCRATCH, refuse_to_replace  # noqa: E402
+from paper_figures import value_at  # noqa: E402
 
-#: method -> (objective, particles)
-METHODS = {"aevb-meanfield": ("meanfield", 1), "aevb-trace": ("trace", 1),
-           "wake-sleep": ("wake-sleep", 1), "rws": ("rws", 5)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compared method: its training objective (:mod:`pyro_vae.objectives`), particles per
+    datapoint, plot colour, and the name of its curves in the paper's figures (:data:`PAPER`)."""
+
+    objective: str
+    particles: int
+    color: str
+    paper: Optional[str] = None
+
+
+METHODS = {"aevb-meanfield": Method("meanfield", 1, "C0", paper="aevb"), "aevb-trace": Method("trace", 1, "C2"),
+           "wake-sleep": Method("wake-sleep", 1, "C3", paper="wake-sleep"), "rws": Method("rws", 5, "C1")}
 LEARNING_RATES = (0.01, 0.02, 0.1)
 TRAIN_SIZES = {"mnist": 60_000, "frey-face": 1765}
 DATA_DIMS = {"mnist": 784, "frey-face": 560}
 TITLES = {"mnist": "MNIST", "frey-face": "Frey Face"}
-COLORS = {"aevb-meanfield": "C0", "aevb-trace": "C2", "wake-sleep": "C3", "rws": "C1"}
 SUBSET_SEED = 0
 #: Presets whose results are committed, and the folder of each: they write there by default.
 COMMITTED_PRESETS = {"cpu": RESULTS, "figure2": RESULTS / "figure2"}
 #: The paper's "initialised from N(0, 0.01)" read as a variance of 0.01, a standard deviation of 0.1
 #: (docs/wake_sleep_frey_face.md: with std 0.01 wake-sleep cannot leave the decoder-ignores-z point on Frey Face).
 PAPER_INIT_STD = 0.1
+#: The paper's curves of Figures 2 and 3, read from its PDF by ``paper_figures.py``.
+PAPER = RESULTS / "paper_figures.json"
+#: Where the final table puts our bounds beside the paper's, in training samples.
+COMPARED_AT = (10**6, 10**7)
 #: The files a benchmark writes to its output folder.
 OUTPUTS = ("aevb_vs_wake_sleep.json", "aevb_vs_wake_sleep_summary.json", "aevb_vs_wake_sleep.md",
            "aevb_vs_wake_sleep.png", "figure3.json", "figure3.png")
@@ -240,7 +257,7 @@ class Job:
 def make_job(kind: str, network: Network, method: str, lr: float, samples: int, evaluations_every: int,
              preset: Preset, setting: Setting, log_likelihood: Optional[dict] = None) -> Job:
     """The job training ``network`` with ``method`` at step size ``lr`` for about ``samples`` samples."""
-    objective, particles = METHODS[method]
+    objective, particles = METHODS[method].objective, METHODS[method].particles
     epochs = max(1, math.ceil(samples / network.train_size))
     name = f"{kind}-{network.group}-{network.latent_dim}-{method}-{lr}"
     config = TrainConfig(dataset=network.dataset, data_dir=network.data_dir or setting.data_dir,
@@ -613,7 +630,38 @@ def figure2_records(results: Sequence[dict]) -> list[dict]:
     return records
 
 
-def figure3_records(results: Sequence[dict]) -> list[dict]:
+def paper_curves() -> dict:
+    """The paper's curves (:data:`PAPER`) by (figure, panel, paper's method, split): (samples, value) points."""
+    figures = json.loads(PAPER.read_text())
+    return {("figure2", (s["dataset"], s["latent_dim"]), s["method"], s["split"]): s["curve"] for s in figures["figure2"]} | {
+        ("figure3", s["train_size"], s["method"], s["split"]): s["curve"] for s in figures["figure3"]}
+
+
+def paper_comparison(results: Sequence[dict], paper: Mapping) -> list[dict]:
+    """For each Figure 2 run of a method the paper has: our train and test bounds beside the
+    paper's at each of :data:`COMPARED_AT` samples (``None`` where a curve does not reach it or
+    lies outside the paper's panel there)."""
+    rows = []
+    for result in results:
+        job, history = result["job"], result["history"]
+        name = METHODS[job.method].paper
+        if name is None:
+            continue
+        panel = (job.network.dataset, job.network.latent_dim)
+        at = {}
+        for samples in COMPARED_AT:
+            at[samples] = {}
+            for split in ("train", "test"):
+                ours = [(entry["samples_seen"], entry[f"{split}_elbo"]) for entry in history]
+                at[samples][split] = value_at(ours, samples, log=True)
+                at[samples][f"paper_{split}"] = value_at(paper.get(("figure2", panel, name, split), []), samples, log=True)
+        rows.append({"dataset": panel[0], "latent_dim": panel[1], "method": job.method, "at": at})
+    return rows
+
+
+def figure3_records(results: Sequence[dict], paper: Mapping) -> list[dict]:
+    """The log p(x) of each Figure 3 run and split, beside the paper's at the same samples (its
+    HMC-based estimate, read from its Figure 3) where the paper has that training set size."""
     records = []
     for result in results:
         job, history = result["job"], result["history"]
@@ -623,12 +671,16 @@ def figure3_records(results: Sequence[dict]) -> list[dict]:
                             "particles": estimate["num_particles"], "points": estimate["num_data"],
                             "samples_seen": history[-1]["samples_seen"], "final_train_bound": history[-1]["train_elbo"],
                             "final_test_bound": history[-1]["test_elbo"], "seconds": history[-1]["seconds"],
-                            "lr": job.config["lr"]})
+                            "lr": job.config["lr"],
+                            "paper_log_likelihood": value_at(paper.get(("figure3", job.network.train_size,
+                                                                        METHODS[job.method].paper, split), []),
+                                                             history[-1]["samples_seen"])})
     return records
 
 
-def plot_figure2(records: Sequence[dict], preset: Preset, path: Path) -> None:
-    """One panel per (dataset, Nz): train (solid) and test (dashed) bound per method, log x-axis."""
+def plot_figure2(records: Sequence[dict], preset: Preset, path: Path, paper: Mapping) -> None:
+    """One panel per (dataset, Nz): train (solid) and test (dashed) bound per method, log x-axis,
+    over the paper's curves of the same method (wide and pale)."""
     datasets = list(preset.grids)
     columns = max(len(grid.latent_dims) for grid in preset.grids.values())
     legend_columns = min(6, 2 * columns)
@@ -649,9 +701,13 @@ def plot_figure2(records: Sequence[dict], preset: Preset, path: Path) -> None:
                 if not curve:
                     continue
                 samples = [r["samples_seen"] for r in curve]
-                for key, style in (("train_bound", "-"), ("test_bound", "--")):
-                    ax.plot(samples, [r[key] for r in curve], style, color=COLORS[method], linewidth=1.3)
-                    finals.append(curve[-1][key])
+                for split, style in (("train", "-"), ("test", "--")):
+                    ax.plot(samples, [r[f"{split}_bound"] for r in curve], style, color=METHODS[method].color, linewidth=1.3)
+                    finals.append(curve[-1][f"{split}_bound"])
+                    theirs = [p for p in paper.get(("figure2", (dataset, latent_dim), METHODS[method].paper, split), [])
+                              if p[0] <= samples[-1]]
+                    if theirs:
+                        ax.plot(*zip(*theirs), style, color=METHODS[method].color, linewidth=3.5, alpha=0.3)
             ax.set_xscale("log")
             ax.set_title(f"{TITLES[dataset]}, $N_z$ = {latent_dim}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
@@ -660,9 +716,10 @@ def plot_figure2(records: Sequence[dict], preset: Preset, path: Path) -> None:
                 ax.set_xlabel("# training samples evaluated")
             if column == 0:
                 ax.set_ylabel("lower bound per datapoint (nats)")
-    handles = [plt.Line2D([], [], color=COLORS[m], label=m) for m in preset.methods]
+    handles = [plt.Line2D([], [], color=METHODS[m].color, label=m) for m in preset.methods]
     handles += [plt.Line2D([], [], color="k", linestyle="-", label="train"),
-                plt.Line2D([], [], color="k", linestyle="--", label="test")]
+                plt.Line2D([], [], color="k", linestyle="--", label="test"),
+                plt.Line2D([], [], color="k", linewidth=3.5, alpha=0.3, label="the paper's Figure 2")]
     fig.legend(handles=handles, loc="lower center", ncol=legend_columns, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     fig.savefig(path)
@@ -690,7 +747,7 @@ def plot_figure3(records: Sequence[dict], figure3: Figure3, path: Path) -> None:
                             key=lambda r: r["train_size"])
             if points:
                 ax.errorbar([r["train_size"] for r in points], [r["log_likelihood"] for r in points],
-                            yerr=[r["stderr"] for r in points], fmt=style + marker, color=COLORS[method],
+                            yerr=[r["stderr"] for r in points], fmt=style + marker, color=METHODS[method].color,
                             capsize=3, label=f"{method}, {split}")
     ax.set_xscale("log")
     ax.set_xlabel("# training points")
@@ -733,14 +790,30 @@ def markdown(summary: dict, figure3: Sequence[dict]) -> str:
         note = " (diverged)" if r["error"] else ""
         lines.append(f"| {TITLES[r['dataset']]} | {r['latent_dim']} | {r['method']}{note} | {r['lr']} | "
                      f"{r['samples_seen'] or 0:.3g} | {bounds} | {r['seconds'] or 0:.0f} |")
+    if summary.get("paper"):
+        header = " | ".join(f"{split} at 10^{round(math.log10(samples))}: ours / paper"
+                            for samples in COMPARED_AT for split in ("train", "test"))
+        lines += ["", "Beside the paper's Figure 2 (its AEVB is aevb-meanfield here; values read from the vector paths of "
+                  "its PDF by `benchmarks/paper_figures.py`, approximate to a line's width; – where a curve does not "
+                  "reach that many samples or lies below the paper's panel):", "",
+                  f"| data set | Nz | method | {header} |", "| --- | ---: | --- |" + " ---: |" * 2 * len(COMPARED_AT)]
+        for r in summary["paper"]:
+            cells = " | ".join(f"{_nats(r['at'][samples][split])} / {_nats(r['at'][samples][f'paper_{split}'])}"
+                               for samples in COMPARED_AT for split in ("train", "test"))
+            lines.append(f"| {TITLES[r['dataset']]} | {r['latent_dim']} | {r['method']} | {cells} |")
     if figure3:
-        lines += ["", "| training points | method | split | log p(x) | ± stderr | K | points | train bound | test bound |",
-                  "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["", "| training points | method | split | log p(x) | ± stderr | K | points | train bound | test bound "
+                  "| paper's log p(x) |",
+                  "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in sorted(figure3, key=lambda r: (r["train_size"], r["method"], r["split"])):
             lines.append(f"| {r['train_size']} | {r['method']} | {r['split']} | {r['log_likelihood']:.2f} | "
                          f"{r['stderr']:.2f} | {r['particles']} | {r['points']} | {r['final_train_bound']:.2f} | "
-                         f"{r['final_test_bound']:.2f} |")
+                         f"{r['final_test_bound']:.2f} | {_nats(r['paper_log_likelihood'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _nats(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def write_json(path: Path, value) -> None:
@@ -852,7 +925,8 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
                                                  deadline))
     results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress, deadline=deadline)
     figure2 = [r for r in results if r["job"].kind == "figure2"]
-    figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"])
+    paper = paper_curves()
+    figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"], paper)
 
     summary = {"preset": args.preset, "command": command,
                "wall_seconds": time.perf_counter() - start, "invocations": invocations, "workers": workers,
@@ -865,7 +939,7 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
                "pilot_scores": {f"{group}/{method}": {lr: score if math.isfinite(score) else None
                                                       for lr, score in by_lr.items()}
                                 for (group, method), by_lr in scores.items()},
-               "final": final_records(figure2)}
+               "final": final_records(figure2), "paper": paper_comparison(figure2, paper)}
     write_json(out / "aevb_vs_wake_sleep.json", figure2_records(figure2))
     write_json(out / "aevb_vs_wake_sleep_summary.json", summary)
     write_json(out / "figure3.json", {
@@ -873,7 +947,7 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
                      "z_k ~ q(z|x); a stochastic lower bound on log p(x) that tightens as K grows",
         "records": figure3_results})
     (out / "aevb_vs_wake_sleep.md").write_text(markdown(summary, figure3_results))
-    plot_figure2(figure2_records(figure2), preset, out / "aevb_vs_wake_sleep.png")
+    plot_figure2(figure2_records(figure2), preset, out / "aevb_vs_wake_sleep.png", paper)
     plot_figure3(figure3_results, preset.figure3, out / "figure3.png")
     print(markdown(summary, figure3_results), flush=True)
 

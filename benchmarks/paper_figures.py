@@ -11,7 +11,7 @@ Frey Face's); a point outside a panel's range is not read (``None``).
 
 Needs the PDF (``--pdf``) and PyMuPDF (``pip install pymupdf``); writes
 ``benchmarks/results/paper_figures.json``, which the comparison benchmark
-(:mod:`aevb_vs_wake_sleep`) and notebook 03 read.
+(:mod:`aevb_vs_wake_sleep`) reads.
 """
 from __future__ import annotations
 
