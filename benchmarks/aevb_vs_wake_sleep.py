@@ -120,7 +120,6 @@ from committed import RESULTS, SCRATCH, refuse_to_replace  # noqa: E402
 from paper_figures import value_at  # noqa: E402
 
 
-
 @dataclass(frozen=True)
 class Method:
     """A compared method: its training objective (:mod:`pyro_vae.objectives`), particles per
@@ -648,13 +647,13 @@ def paper_comparison(results: Sequence[dict], paper: Mapping) -> list[dict]:
         if name is None:
             continue
         panel = (job.network.dataset, job.network.latent_dim)
-        at = {}
-        for samples in COMPARED_AT:
-            at[samples] = {}
-            for split in ("train", "test"):
-                ours = [(entry["samples_seen"], entry[f"{split}_elbo"]) for entry in history]
+        at = {samples: {} for samples in COMPARED_AT}
+        for split in ("train", "test"):
+            ours = [(entry["samples_seen"], entry[f"{split}_elbo"]) for entry in history]
+            theirs = paper.get(("figure2", panel, name, split), [])
+            for samples in COMPARED_AT:
                 at[samples][split] = value_at(ours, samples, log=True)
-                at[samples][f"paper_{split}"] = value_at(paper.get(("figure2", panel, name, split), []), samples, log=True)
+                at[samples][f"paper_{split}"] = value_at(theirs, samples, log=True)
         rows.append({"dataset": panel[0], "latent_dim": panel[1], "method": job.method, "at": at})
     return rows
 
