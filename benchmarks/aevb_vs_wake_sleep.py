@@ -95,11 +95,12 @@ import struct
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -777,8 +778,12 @@ def final_records(results: Sequence[dict]) -> list[dict]:
 
 def markdown(summary: dict, figure3: Sequence[dict]) -> str:
     """The final figures as Markdown tables."""
-    restarts = len(summary.get("invocations", [])) - 1
-    again = f" (the last of {restarts + 1} invocations of this command)" if restarts > 0 else ""
+    invocations = len(summary.get("invocations", []))
+    again = ""
+    if invocations > 1:
+        unrecorded = summary["invocations_without_length"]
+        again = (f" in the last of {invocations} invocations of this command, {_duration(summary['total_wall_seconds'])} "
+                 f"in all" + (f" but {unrecorded} whose length was not recorded" if unrecorded else ""))
     lines = [f"Preset `{summary['preset']}`, `{summary['command']}`: {summary['wall_seconds'] / 60:.1f} min wall time{again} "
              f"on {summary['machine']['device']} ({summary['workers']} runs at a time, one CPU thread each); load average {summary['load_average_start'][0]:.1f} at the start, "
              f"{summary['load_average_end'][0]:.1f} at the end.", "",
@@ -912,51 +917,77 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
     print(f"results to {out.resolve()}, run directories in {runs.resolve()}", flush=True)
     setting = Setting(device.type, args.data_dir, args.seed, runs)
     command = "python benchmarks/aevb_vs_wake_sleep.py " + shlex.join(argv)
-    invocations = _log_invocation(runs / "invocations.json", command)
-    start, load_start = time.perf_counter(), os.getloadavg()
+    with logged_invocation(runs / "invocations.json", command) as invocations:
+        start, load_start = time.perf_counter(), os.getloadavg()
 
-    figure3 = figure3_networks(preset.figure3, setting)
-    progress = Progress(workers, start)
-    # The runs after the pilots, at any step size: their cost is part of the time left during the pilots.
-    later = experiment_jobs(preset, figure3, defaultdict(lambda: LEARNING_RATES[0]), setting)
-    deadline = None if args.hours is None else start + 3600 * args.hours
-    lrs, scores = choose_learning_rates(run_jobs(pilot_jobs(preset, figure3, setting), workers, progress, later,
-                                                 deadline))
-    results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress, deadline=deadline)
-    figure2 = [r for r in results if r["job"].kind == "figure2"]
-    paper = paper_curves()
-    figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"], paper)
+        figure3 = figure3_networks(preset.figure3, setting)
+        progress = Progress(workers, start)
+        # The runs after the pilots, at any step size: their cost is part of the time left during the pilots.
+        later = experiment_jobs(preset, figure3, defaultdict(lambda: LEARNING_RATES[0]), setting)
+        deadline = None if args.hours is None else start + 3600 * args.hours
+        lrs, scores = choose_learning_rates(run_jobs(pilot_jobs(preset, figure3, setting), workers, progress, later,
+                                                     deadline))
+        results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress, deadline=deadline)
+        figure2 = [r for r in results if r["job"].kind == "figure2"]
+        paper = paper_curves()
+        figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"], paper)
 
-    summary = {"preset": args.preset, "command": command,
-               "wall_seconds": time.perf_counter() - start, "invocations": invocations, "workers": workers,
-               "load_average_start": load_start, "load_average_end": os.getloadavg(),
-               "machine": {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
-                           "cpu_cores": cores, "platform": platform.platform(), "python": platform.python_version(),
-                           "torch": torch.__version__, "pyro": pyro.__version__},
-               "preset_settings": asdict(preset),
-               "learning_rates": {f"{group}/{method}": lr for (group, method), lr in lrs.items()},
-               "pilot_scores": {f"{group}/{method}": {lr: score if math.isfinite(score) else None
-                                                      for lr, score in by_lr.items()}
-                                for (group, method), by_lr in scores.items()},
-               "final": final_records(figure2), "paper": paper_comparison(figure2, paper)}
-    write_json(out / "aevb_vs_wake_sleep.json", figure2_records(figure2))
-    write_json(out / "aevb_vs_wake_sleep_summary.json", summary)
-    write_json(out / "figure3.json", {
-        "estimator": "importance sampling with the model's encoder as proposal: log (1/K) sum_k p(x, z_k) / q(z_k|x), "
-                     "z_k ~ q(z|x); a stochastic lower bound on log p(x) that tightens as K grows",
-        "records": figure3_results})
-    (out / "aevb_vs_wake_sleep.md").write_text(markdown(summary, figure3_results))
-    plot_figure2(figure2_records(figure2), preset, out / "aevb_vs_wake_sleep.png", paper)
-    plot_figure3(figure3_results, preset.figure3, out / "figure3.png")
-    print(markdown(summary, figure3_results), flush=True)
+        wall_seconds = time.perf_counter() - start
+        total, unrecorded = total_wall_seconds(invocations, wall_seconds)
+        summary = {"preset": args.preset, "command": command, "wall_seconds": wall_seconds,
+                   "total_wall_seconds": total, "invocations_without_length": unrecorded,
+                   "invocations": invocations, "workers": workers,
+                   "load_average_start": load_start, "load_average_end": os.getloadavg(),
+                   "machine": {"device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+                               "cpu_cores": cores, "platform": platform.platform(), "python": platform.python_version(),
+                               "torch": torch.__version__, "pyro": pyro.__version__},
+                   "preset_settings": asdict(preset),
+                   "learning_rates": {f"{group}/{method}": lr for (group, method), lr in lrs.items()},
+                   "pilot_scores": {f"{group}/{method}": {lr: score if math.isfinite(score) else None
+                                                          for lr, score in by_lr.items()}
+                                    for (group, method), by_lr in scores.items()},
+                   "final": final_records(figure2), "paper": paper_comparison(figure2, paper)}
+        write_json(out / "aevb_vs_wake_sleep.json", figure2_records(figure2))
+        write_json(out / "aevb_vs_wake_sleep_summary.json", summary)
+        write_json(out / "figure3.json", {
+            "estimator": "importance sampling with the model's encoder as proposal: log (1/K) sum_k p(x, z_k) / q(z_k|x), "
+                         "z_k ~ q(z|x); a stochastic lower bound on log p(x) that tightens as K grows",
+            "records": figure3_results})
+        (out / "aevb_vs_wake_sleep.md").write_text(markdown(summary, figure3_results))
+        plot_figure2(figure2_records(figure2), preset, out / "aevb_vs_wake_sleep.png", paper)
+        plot_figure3(figure3_results, preset.figure3, out / "figure3.png")
+        print(markdown(summary, figure3_results), flush=True)
 
 
-def _log_invocation(path: Path, command: str) -> list:
-    """Append this invocation's start to the list in ``path``; returns the list (one entry per start)."""
+@contextmanager
+def logged_invocation(path: Path, command: str) -> Iterator[list]:
+    """Append this invocation to the list in ``path`` (one entry per start of the benchmark) when it
+    starts, with its ``command``; when it ends, add its wall ``seconds`` and how it ``ended``. Yields the list."""
     invocations = json.loads(path.read_text()) if path.exists() else []
-    invocations.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command})
+    entry = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}
+    invocations.append(entry)
     write_json(path, invocations)
-    return invocations
+    start, ended = time.perf_counter(), "failed"
+    try:
+        yield invocations
+        ended = "complete"
+    except OutOfTime:
+        ended = "out of time"
+        raise
+    except Stopped as stop:
+        ended = f"stopped by {signal.Signals(stop.signal_number).name}"
+        raise
+    finally:
+        entry.update(seconds=round(time.perf_counter() - start, 1), ended=ended)
+        write_json(path, invocations)
+
+
+def total_wall_seconds(invocations: Sequence[dict], seconds: float) -> tuple[float, int]:
+    """The wall seconds of every invocation, the last one's being ``seconds``, and how many earlier
+    invocations have no recorded length (they are not in the sum)."""
+    earlier = invocations[:-1]
+    return seconds + sum(entry["seconds"] for entry in earlier if "seconds" in entry), \
+        sum("seconds" not in entry for entry in earlier)
 
 
 if __name__ == "__main__":

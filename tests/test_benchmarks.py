@@ -163,6 +163,14 @@ def test_a_stopped_benchmark_continues_where_it_stopped(benchmark, smoke, tmp_pa
     for path, mtime in written.items():
         assert (path.stat().st_mtime_ns == mtime) == path.parent.name.startswith("pilot-"), path
     assert bounds(tmp_path) == bounds(smoke.out)
+    # Every invocation is logged with its length and how it ended; the summary adds them up.
+    invocations = json.loads((runs / "invocations.json").read_text())
+    assert [entry["ended"] for entry in invocations] == ["failed", "failed", "stopped by SIGTERM", "complete"]
+    summary = json.loads((tmp_path / "aevb_vs_wake_sleep_summary.json").read_text())
+    assert summary["invocations_without_length"] == 0 and summary["invocations"][:3] == invocations[:3]
+    assert summary["total_wall_seconds"] == pytest.approx(summary["wall_seconds"] + sum(
+        entry["seconds"] for entry in invocations[:3]))
+    assert summary["wall_seconds"] <= invocations[-1]["seconds"]
 
 
 def test_a_time_limit_starts_only_the_runs_that_end_within_it(benchmark, tmp_path, monkeypatch, capsys):
@@ -250,6 +258,17 @@ def test_the_final_table_puts_each_run_beside_the_papers_curve(benchmark):
         benchmark.markdown(summary, []))
     committed = benchmark.paper_curves()
     assert len([key for key in committed if key[0] == "figure2"]) == 9 * 2 * 2
+
+
+def test_the_wall_time_adds_up_every_invocation_and_says_which_it_lacks(benchmark):
+    invocations = [{"started": "a"}, {"started": "b", "seconds": 5400.0}, {"started": "c", "seconds": 1.0}]
+    total, unrecorded = benchmark.total_wall_seconds(invocations, 1800.0)  # the last one's own clock
+    assert (total, unrecorded) == (7200.0, 1)
+    summary = {"preset": "figure2", "command": "c", "wall_seconds": 1800.0, "total_wall_seconds": total,
+               "invocations_without_length": unrecorded, "invocations": invocations, "machine": {"device": "cpu"},
+               "workers": 2, "load_average_start": [0.0], "load_average_end": [0.0], "final": []}
+    assert ("30.0 min wall time in the last of 3 invocations of this command, 2.0 h in all but 1 whose length was "
+            "not recorded") in benchmark.markdown(summary, [])
 
 
 def test_figure2_preset_is_the_papers_grid(benchmark):
