@@ -695,15 +695,15 @@ def plot_figure2(records: Sequence[dict], preset: Preset, path: Path, paper: Map
                 continue
             latent_dim = preset.grids[dataset].latent_dims[column]
             panel = [r for r in records if r["dataset"] == dataset and r["latent_dim"] == latent_dim]
-            finals = []
+            curves = []
             for method in preset.methods:
                 curve = sorted((r for r in panel if r["method"] == method), key=lambda r: r["samples_seen"])
                 if not curve:
                     continue
                 samples = [r["samples_seen"] for r in curve]
                 for split, style in (("train", "-"), ("test", "--")):
-                    ax.plot(samples, [r[f"{split}_bound"] for r in curve], style, color=METHODS[method].color, linewidth=1.3)
-                    finals.append(curve[-1][f"{split}_bound"])
+                    curves.append([(r["samples_seen"], r[f"{split}_bound"]) for r in curve])
+                    ax.plot(*zip(*curves[-1]), style, color=METHODS[method].color, linewidth=1.3)
                     theirs = [p for p in paper.get(("figure2", (dataset, latent_dim), METHODS[method].paper, split), [])
                               if p[0] <= samples[-1]]
                     if theirs:
@@ -711,7 +711,9 @@ def plot_figure2(records: Sequence[dict], preset: Preset, path: Path, paper: Map
             ax.set_xscale("log")
             ax.set_title(f"{TITLES[dataset]}, $N_z$ = {latent_dim}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-            _focus(ax, panel, finals)
+            limits = panel_limits(curves)
+            if limits:
+                ax.set_ylim(*limits)
             if row == len(datasets) - 1:
                 ax.set_xlabel("# training samples evaluated")
             if column == 0:
@@ -726,16 +728,21 @@ def plot_figure2(records: Sequence[dict], preset: Preset, path: Path, paper: Map
     plt.close(fig)
 
 
-def _focus(ax, panel: Sequence[dict], finals: Sequence[float]) -> None:
-    """Y-limits that show where every curve ends, as the paper's panels do: early values of a slow
-    method may fall below the panel."""
-    values = [r[k] for r in panel for k in ("train_bound", "test_bound") if math.isfinite(r[k])]
-    finals = [v for v in finals if math.isfinite(v)]
-    if not values or not finals:
-        return
-    top, low = max(values), min(finals)
-    span = max(top - low, 1.0)
-    ax.set_ylim(max(min(values), low - 1.5 * span) - 0.02 * span, top + 0.05 * span)
+def panel_limits(curves: Sequence[Sequence[Sequence[float]]]) -> Optional[tuple[float, float]]:
+    """Y-limits for one panel of Figure 2 from its curves of (samples, bound) points, drawn as the
+    paper draws them: the leading curve (the best at its end) over its last decade of samples,
+    widened to take in every curve that ends within three times that range below the top. The early
+    part of a curve, and a curve that ends further below, fall below the panel; the tables give their
+    values. None without a finite point."""
+    curves = [finite for finite in ([p for p in curve if math.isfinite(p[1])] for curve in curves) if finite]
+    if not curves:
+        return None
+    top = max(value for curve in curves for _, value in curve)
+    leader = max(curves, key=lambda curve: curve[-1][1])
+    decade_before = min(leader, key=lambda p: abs(math.log10(10 * p[0] / leader[-1][0])))[1]
+    window = max(top - decade_before, 1.0)
+    low = min([decade_before] + [curve[-1][1] for curve in curves if curve[-1][1] >= top - 3 * window])
+    return low - 0.05 * window, top + 0.05 * window
 
 
 def plot_figure3(records: Sequence[dict], figure3: Figure3, path: Path) -> None:

@@ -260,6 +260,16 @@ def test_the_final_table_puts_each_run_beside_the_papers_curve(benchmark):
     assert len([key for key in committed if key[0] == "figure2"]) == 9 * 2 * 2
 
 
+def test_a_panel_shows_the_leaders_last_decade_and_the_curves_that_end_near_it(benchmark):
+    leader = [(10**5, -200.0), (10**6, -130.0), (10**7, -100.0)]  # 30 nats over its last decade
+    close = [(10**5, -300.0), (10**7, -180.0)]  # ends within 3 x 30 nats of the top: shown
+    far = [(10**5, -500.0), (10**7, -450.0)]  # ends far below: below the panel
+    low, high = benchmark.panel_limits([leader, far, close])
+    assert low == pytest.approx(-180.0 - 1.5) and high == pytest.approx(-100.0 + 1.5)
+    assert benchmark.panel_limits([leader, far]) == pytest.approx((-131.5, -98.5))
+    assert benchmark.panel_limits([[(10**5, math.nan)]]) is None
+
+
 def test_the_wall_time_adds_up_every_invocation_and_says_which_it_lacks(benchmark):
     invocations = [{"started": "a"}, {"started": "b", "seconds": 5400.0}, {"started": "c", "seconds": 1.0}]
     total, unrecorded = benchmark.total_wall_seconds(invocations, 1800.0)  # the last one's own clock
