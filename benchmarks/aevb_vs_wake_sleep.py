@@ -637,25 +637,26 @@ def paper_curves() -> dict:
         ("figure3", s["train_size"], s["method"], s["split"]): s["curve"] for s in figures["figure3"]}
 
 
-def paper_comparison(results: Sequence[dict], paper: Mapping) -> list[dict]:
-    """For each Figure 2 run of a method the paper has: our train and test bounds beside the
-    paper's at each of :data:`COMPARED_AT` samples (``None`` where a curve does not reach it or
-    lies outside the paper's panel there)."""
+def paper_comparison(records: Sequence[dict], paper: Mapping) -> list[dict]:
+    """For each Figure 2 run (in ``records``, as :func:`figure2_records` makes them) of a method the
+    paper has: our train and test bounds beside the paper's at each of :data:`COMPARED_AT` samples
+    (``None`` where a curve does not reach it or lies outside the paper's panel there)."""
+    runs: dict = {}
+    for record in records:
+        runs.setdefault((record["dataset"], record["latent_dim"], record["method"]), []).append(record)
     rows = []
-    for result in results:
-        job, history = result["job"], result["history"]
-        name = METHODS[job.method].paper
+    for (dataset, latent_dim, method), curve in runs.items():
+        name = METHODS[method].paper
         if name is None:
             continue
-        panel = (job.network.dataset, job.network.latent_dim)
         at = {samples: {} for samples in COMPARED_AT}
         for split in ("train", "test"):
-            ours = [(entry["samples_seen"], entry[f"{split}_elbo"]) for entry in history]
-            theirs = paper.get(("figure2", panel, name, split), [])
+            ours = [(r["samples_seen"], r[f"{split}_bound"]) for r in curve]
+            theirs = paper.get(("figure2", (dataset, latent_dim), name, split), [])
             for samples in COMPARED_AT:
                 at[samples][split] = value_at(ours, samples, log=True)
                 at[samples][f"paper_{split}"] = value_at(theirs, samples, log=True)
-        rows.append({"dataset": panel[0], "latent_dim": panel[1], "method": job.method, "at": at})
+        rows.append({"dataset": dataset, "latent_dim": latent_dim, "method": method, "at": at})
     return rows
 
 
@@ -936,6 +937,7 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
                                                      deadline))
         results = run_jobs(experiment_jobs(preset, figure3, lrs, setting), workers, progress, deadline=deadline)
         figure2 = [r for r in results if r["job"].kind == "figure2"]
+        records = figure2_records(figure2)
         paper = paper_curves()
         figure3_results = figure3_records([r for r in results if r["job"].kind == "figure3"], paper)
 
@@ -953,15 +955,15 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> None:
                    "pilot_scores": {f"{group}/{method}": {lr: score if math.isfinite(score) else None
                                                           for lr, score in by_lr.items()}
                                     for (group, method), by_lr in scores.items()},
-                   "final": final_records(figure2), "paper": paper_comparison(figure2, paper)}
-        write_json(out / "aevb_vs_wake_sleep.json", figure2_records(figure2))
+                   "final": final_records(figure2), "paper": paper_comparison(records, paper)}
+        write_json(out / "aevb_vs_wake_sleep.json", records)
         write_json(out / "aevb_vs_wake_sleep_summary.json", summary)
         write_json(out / "figure3.json", {
             "estimator": "importance sampling with the model's encoder as proposal: log (1/K) sum_k p(x, z_k) / q(z_k|x), "
                          "z_k ~ q(z|x); a stochastic lower bound on log p(x) that tightens as K grows",
             "records": figure3_results})
         (out / "aevb_vs_wake_sleep.md").write_text(markdown(summary, figure3_results))
-        plot_figure2(figure2_records(figure2), preset, out / "aevb_vs_wake_sleep.png", paper)
+        plot_figure2(records, preset, out / "aevb_vs_wake_sleep.png", paper)
         plot_figure3(figure3_results, preset.figure3, out / "figure3.png")
         print(markdown(summary, figure3_results), flush=True)
 
