@@ -363,8 +363,8 @@ class Progress:
 
     A run's time is its :attr:`Job.cost` left times the seconds per unit of cost of its network (data
     set and hidden units) and method: measured by the runs trained in this invocation where there are
-    some, else read from the histories of finished runs read back (perhaps from another machine),
-    else the rate of every run trained so far; unknown before any.
+    some, else read from the histories of finished runs read back (perhaps from another machine) and
+    scaled by :meth:`machine_factor`, else the rate of every run trained so far; unknown before any.
     """
 
     def __init__(self, workers: int, start: float):
@@ -393,13 +393,21 @@ class Progress:
     def seconds(self, job: Job, cost: float) -> Optional[float]:
         """The estimated seconds of ``cost`` of ``job``'s training, or None."""
         key = _rate_key(job)
-        for table in (self.trained, self.read_back):
-            if key in table:
-                seconds, trained = table[key]
-                return seconds / trained * cost
+        if key in self.trained:
+            return _rate(self.trained[key]) * cost
+        if key in self.read_back:
+            return _rate(self.read_back[key]) * self.machine_factor() * cost
         if self.trained:
-            return sum(v[0] for v in self.trained.values()) / sum(v[1] for v in self.trained.values()) * cost
+            return _rate([sum(v[0] for v in self.trained.values()), sum(v[1] for v in self.trained.values())]) * cost
         return None
+
+    def machine_factor(self) -> float:
+        """This machine's seconds per unit of cost over those of the runs read back (which may have run
+        elsewhere): the mean ratio over the networks and methods timed both ways; 1 before there is one."""
+        common = [key for key in self.trained if key in self.read_back]
+        if not common:
+            return 1.0
+        return sum(_rate(self.trained[key]) / _rate(self.read_back[key]) for key in common) / len(common)
 
     def finished(self, result: dict) -> str:
         """Count ``result`` in; the progress line."""
@@ -431,6 +439,12 @@ def _count(table: dict, job: Job, seconds: float, cost: float) -> None:
     entry = table.setdefault(_rate_key(job), [0.0, 0.0])
     entry[0] += seconds
     entry[1] += cost
+
+
+def _rate(entry: Sequence[float]) -> float:
+    """Seconds per unit of cost of a rate table's entry."""
+    seconds, cost = entry
+    return seconds / cost
 
 
 def _rate_key(job: Job) -> tuple:
