@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import types
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -304,6 +305,20 @@ def test_figure2_preset_is_the_papers_grid(benchmark):
     assert all(grid.samples >= 10**7 for grid in preset.grids.values()) and preset.figure3.samples >= 10**7
     assert set(preset.methods) == {"aevb-meanfield", "aevb-trace", "wake-sleep", "rws"}
     assert preset.init_std == benchmark.PAPER_INIT_STD and benchmark.PRESETS["cpu"].init_std == 0.01
+
+
+def test_the_small_init_preset_runs_mnist_again_from_std_0_01_for_aevb_and_wake_sleep(benchmark, tmp_path):
+    preset = benchmark.PRESETS["figure2-small-init"]
+    setting = benchmark.Setting("cpu", None, 0, tmp_path)
+    figure3 = benchmark.figure3_networks(preset.figure3, setting)
+    pilots = benchmark.pilot_jobs(preset, figure3, setting)
+    jobs = benchmark.experiment_jobs(preset, figure3, defaultdict(lambda: 0.01), setting)
+    assert figure3 == [] and len(pilots) == 2 * len(benchmark.LEARNING_RATES)
+    assert sorted((job.network.latent_dim, job.method) for job in jobs) == sorted(
+        (nz, method) for nz in (3, 5, 10, 20, 200) for method in ("aevb-meanfield", "wake-sleep"))
+    assert {job.config["init_std"] for job in pilots + jobs} == {0.01}
+    assert {job.config["epochs"] for job in jobs} == {167} and {job.kind for job in jobs} == {"figure2"}
+    assert benchmark.output_folder("figure2-small-init", None) == RESULTS / "figure2_small_init"
 
 
 @pytest.mark.parametrize("argv, message", [(["--workers", "-1", "--device", "cpu", "--out", "{tmp}"],
