@@ -1,6 +1,7 @@
 """The AEVB-vs-wake-sleep benchmark: its smoke preset end to end, where results go, continuing a
 stopped benchmark, its step-size pilot, its errors; where the latent-structure benchmark writes."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -73,6 +74,22 @@ def test_smoke_preset_writes_results_and_figures(benchmark, smoke):
         for split in ("train", "test")}
     for name in benchmark.OUTPUTS:
         assert (smoke.out / name).stat().st_size > 0
+
+
+def test_a_preset_without_figure3_writes_figure2_alone(benchmark, tmp_path, monkeypatch):
+    data = shared_data_dir()
+    if not (data / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"no MNIST copy under {data}: set PYRO_VAE_DATA")
+    smoke = benchmark.PRESETS["smoke"]
+    monkeypatch.setitem(benchmark.PRESETS, "smoke", dataclasses.replace(
+        smoke, figure3=benchmark.Figure3(train_sizes=()), methods=("aevb-meanfield",)))
+    torch.set_num_threads(1)
+    assert benchmark.main(["--preset", "smoke", "--data-dir", str(data), "--workers", "1", "--out", str(tmp_path)]) == 0
+    assert {r["method"] for r in json.loads((tmp_path / "aevb_vs_wake_sleep.json").read_text())} == {"aevb-meanfield"}
+    assert json.loads((tmp_path / "figure3.json").read_text())["records"] == []
+    assert not (tmp_path / "figure3.png").exists() and (tmp_path / "aevb_vs_wake_sleep.png").exists()
+    assert sorted(path.name for path in (tmp_path / "runs" / "smoke").iterdir() if path.name.startswith("pilot-")) == [
+        f"pilot-frey-face-2-aevb-meanfield-{lr}" for lr in sorted(benchmark.LEARNING_RATES)]
 
 
 def test_smoke_preset_leaves_the_committed_results_alone(smoke):
