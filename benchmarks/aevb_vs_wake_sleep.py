@@ -370,8 +370,9 @@ class Progress:
 
     A run's time is its :attr:`Job.cost` left times the seconds per unit of cost of its network (data
     set and hidden units) and method: measured by the runs trained in this invocation where there are
-    some, else read from the histories of finished runs read back (perhaps from another machine) and
-    scaled by :meth:`machine_factor`, else the rate of every run trained so far; unknown before any.
+    some; else its pilots' rate scaled by :meth:`machine_factor` (the pilots all ran in one invocation,
+    on one machine, perhaps not this one); else read from the finished runs read back; else the rate
+    of every run trained so far; unknown before any.
     """
 
     def __init__(self, workers: int, start: float):
@@ -381,6 +382,7 @@ class Progress:
         self.done = 0
         self.trained: dict = {}  # (data set, hidden units, method) -> [seconds, cost] trained in this invocation
         self.read_back: dict = {}  # the same, from finished runs read back
+        self.piloted: dict = {}  # the same, from the pilots (trained or read back)
 
     def now(self) -> float:
         return time.perf_counter()
@@ -402,19 +404,22 @@ class Progress:
         key = _rate_key(job)
         if key in self.trained:
             return _rate(self.trained[key]) * cost
+        factor = self.machine_factor()
+        if factor is not None and key in self.piloted:
+            return _rate(self.piloted[key]) * factor * cost
         if key in self.read_back:
-            return _rate(self.read_back[key]) * self.machine_factor() * cost
+            return _rate(self.read_back[key]) * cost
         if self.trained:
             return _rate([sum(v[0] for v in self.trained.values()), sum(v[1] for v in self.trained.values())]) * cost
         return None
 
-    def machine_factor(self) -> float:
-        """This machine's seconds per unit of cost over those of the runs read back (which may have run
-        elsewhere): the mean ratio over the networks and methods timed both ways; 1 before there is one."""
-        common = [key for key in self.trained if key in self.read_back]
+    def machine_factor(self) -> Optional[float]:
+        """This invocation's seconds per unit of cost over its pilots' (which may have run on another
+        machine): the mean ratio over the networks and methods timed both ways; None before there is one."""
+        common = [key for key in self.trained if key in self.piloted]
         if not common:
-            return 1.0
-        return sum(_rate(self.trained[key]) / _rate(self.read_back[key]) for key in common) / len(common)
+            return None
+        return sum(_rate(self.trained[key]) / _rate(self.piloted[key]) for key in common) / len(common)
 
     def finished(self, result: dict) -> str:
         """Count ``result`` in; the progress line."""
@@ -425,6 +430,8 @@ class Progress:
             _count(self.trained, job, result["seconds"], result["trained_cost"])
         elif result["history"]:
             _count(self.read_back, job, result["history"][-1]["seconds"], job.cost)
+        if job.kind == "pilot" and result["history"]:
+            _count(self.piloted, job, result["history"][-1]["seconds"], job.cost)
         left = [(job, cost) for job, cost in self.costs.values() if cost > 0] + [(job, job.cost) for job in self.later]
         running = min(self.workers, len(left))
         line = f"{self.done} runs done, {running} running, {len(left) - running} left"

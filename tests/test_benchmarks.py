@@ -241,22 +241,23 @@ def test_run_times_are_estimated_per_network_and_method(benchmark, tmp_path):
     assert progress.seconds(jobs[1], 10.0) == 50.0 and progress.seconds(jobs[0], 10.0) == 10.0
 
 
-def test_rates_read_back_from_another_machine_are_scaled_by_this_ones_speed(benchmark, tmp_path):
-    """Runs read back may have run on a slower machine: once a network and method is timed both ways,
-    every rate read back is scaled by this machine's ratio."""
+def test_runs_on_another_machine_are_timed_by_their_pilots_scaled_to_this_one(benchmark, tmp_path):
+    """The pilots ran on one machine, the runs read back perhaps on several: once a network and
+    method is trained here, the others are timed by their pilots' rate times this machine's ratio
+    to the pilots' machine."""
     progress = benchmark.Progress(1, 0.0)
     mnist, frey = (benchmark.Network(dataset, dataset, 3, hidden, size, None)
                    for dataset, hidden, size in (("mnist", 500, 60_000), ("frey-face", 200, 1765)))
     jobs = [benchmark.Job(kind, network, "wake-sleep", {"lr": 0.01, "epochs": 1, "out": str(tmp_path / name)}, 100.0)
             for kind, network, name in (("pilot", mnist, "a"), ("pilot", frey, "b"), ("figure2", mnist, "c"),
-                                        ("figure2", frey, "d"))]
-    progress.plan(jobs, [("over", 0), ("over", 0), ("new", 0), ("new", 0)], [])
-    for job, seconds in ((jobs[0], 600.0), (jobs[1], 300.0)):  # read back: 6 and 3 s per unit
+                                        ("figure2", mnist, "d"), ("figure2", frey, "e"))]
+    progress.plan(jobs, [("over", 0), ("over", 0), ("over", 0), ("new", 0), ("new", 0)], [])
+    for job, seconds in ((jobs[0], 600.0), (jobs[1], 300.0), (jobs[2], 200.0)):  # read back: 6, 3 and 2 s per unit
         progress.finished({"job": job, "history": [{"seconds": seconds}], "trained_cost": 0.0, "seconds": 0.0})
-    assert progress.seconds(jobs[3], 10.0) == 30.0
-    progress.finished({"job": jobs[2], "history": [{"seconds": 200.0}], "trained_cost": 100.0, "seconds": 200.0})
-    assert progress.machine_factor() == pytest.approx(1 / 3)  # 2 s per unit here against 6 read back
-    assert progress.seconds(jobs[3], 10.0) == pytest.approx(10.0)
+    assert progress.machine_factor() is None and progress.seconds(jobs[4], 10.0) == 30.0
+    progress.finished({"job": jobs[3], "history": [{"seconds": 200.0}], "trained_cost": 100.0, "seconds": 200.0})
+    assert progress.machine_factor() == pytest.approx(1 / 3)  # 2 s per unit here against the pilot's 6
+    assert progress.seconds(jobs[4], 10.0) == pytest.approx(10.0)
 
 
 def test_pilot_keeps_the_best_final_training_bound_and_refuses_total_divergence(benchmark):
