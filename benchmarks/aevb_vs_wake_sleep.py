@@ -410,7 +410,8 @@ class Progress:
         if key in self.read_back:
             return _rate(self.read_back[key]) * cost
         if self.trained:
-            return _rate([sum(v[0] for v in self.trained.values()), sum(v[1] for v in self.trained.values())]) * cost
+            seconds, trained = map(sum, zip(*self.trained.values()))
+            return seconds / trained * cost
         return None
 
     def machine_factor(self) -> Optional[float]:
@@ -702,10 +703,15 @@ def figure3_records(results: Sequence[dict], paper: Mapping) -> list[dict]:
                             "samples_seen": history[-1]["samples_seen"], "final_train_bound": history[-1]["train_elbo"],
                             "final_test_bound": history[-1]["test_elbo"], "seconds": history[-1]["seconds"],
                             "lr": job.config["lr"],
-                            "paper_log_likelihood": value_at(paper.get(("figure3", job.network.train_size,
-                                                                        METHODS[job.method].paper, split), []),
-                                                             history[-1]["samples_seen"])})
+                            "paper_log_likelihood": paper_log_likelihood(paper, job.network.train_size, job.method,
+                                                                         split, history[-1]["samples_seen"])})
     return records
+
+
+def paper_log_likelihood(paper: Mapping, train_size: int, method: str, split: str, samples: float) -> Optional[float]:
+    """The paper's Figure 3 log p(x) (:func:`paper_curves`) for a training set size, method and split
+    at ``samples`` training samples; None where the paper has no such curve or it does not reach them."""
+    return value_at(paper.get(("figure3", train_size, METHODS[method].paper, split), []), samples)
 
 
 def plot_figure2(records: Sequence[dict], preset: Preset, path: Path, paper: Mapping) -> None:
