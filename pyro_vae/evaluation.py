@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import precision as precisions
 from .errors import ConfigError, first_line
 from .importance import log_importance_weights
-from .tracing import signature, trace
+from .tracing import for_replay, signature, trace
 
 DEFAULT_CHUNK_SIZE = 10_000
 
@@ -85,7 +85,7 @@ class _LogWeights:
         key = (num_particles, signature(rows))
         if key not in self.graphs:
             try:
-                self.graphs[key] = trace(lambda *r: self.eager(num_particles, *r), *rows)
+                self.graphs[key] = for_replay(trace(lambda *r: self.eager(num_particles, *r), *rows))
             except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
                 warnings.warn(f"evaluation: tracing failed ({type(error).__name__}: {first_line(error)[:200]}); "
                               "running eagerly", RuntimeWarning, stacklevel=3)

@@ -17,7 +17,9 @@ optimizer's state), so one call of the graph is one step. Model and guide stay o
 programs, run once by Pyro's own handlers while tracing.
 
 * ``"trace"`` replays the traced graph: no Pyro overhead and no host sync per step, the same
-  random draws and the same parameters as the eager step for the same seed (tested). On CUDA,
+  random draws and the same parameters as the eager step for the same seed (tested). Where MKL
+  is the slower BLAS (non-Intel x86 CPUs, :func:`pyro_vae.tracing.onednn_pays`) its large float32
+  products run in oneDNN, equal to the eager step's up to rounding. On CUDA,
   with the update in the graph, the replay is a CUDA graph (:class:`CUDAGraphReplay`): one
   launch per step instead of one per kernel.
 * ``"inductor"`` compiles the traced graph with TorchInductor, which fuses the elementwise work
@@ -45,7 +47,7 @@ from torch.optim.adam import adam as adam_update
 
 from . import precision as precisions
 from .errors import first_line
-from .tracing import compile_graph, flatten, signature, trace
+from .tracing import compile_graph, flatten, for_replay, signature, trace
 
 Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 
@@ -299,6 +301,7 @@ class CompiledStep:
         graph = trace(step, *inputs)
         if self.backend == "inductor":
             return compile_graph(graph)
+        graph = for_replay(graph)
         return CUDAGraphReplay(graph, len(inputs) - len(data)) if self.cuda_graphs else graph
 
     def _key(self, batches: Sequence[Batch]) -> tuple:

@@ -7,6 +7,8 @@ Pyro's ``differentiable_loss`` reads the loss on the host (``torch_item``) and c
 every ATen operation it performs, the backward pass and in-place updates included. Replaying the
 graph gives the same numbers and draws the same random numbers as the Python function for the
 same seed; :func:`compile_graph` hands it to TorchInductor, which fuses the elementwise work.
+:func:`for_replay` sends a replayed graph's large float32 matrix products to oneDNN on CPUs where
+PyTorch's default BLAS (MKL) is the slower of the two (:func:`onednn_pays`).
 
 A traced graph is valid for the shapes, dtypes and devices it was traced with and for the values
 of non-tensor arguments (:func:`signature`): what every traced program assumes, as Pyro's
@@ -14,7 +16,9 @@ of non-tensor arguments (:func:`signature`): what every traced program assumes, 
 """
 
 import contextlib
+import functools
 import logging
+import platform
 import sys
 from typing import Callable, Sequence
 
@@ -114,3 +118,64 @@ def compile_graph(graph: torch.fx.GraphModule) -> Callable:
     """
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
+
+
+#: Matrix products of at least this many multiply-adds go to oneDNN; below it the two libraries are
+#: level or MKL is ahead (measured for the MNIST step's products on an AMD EPYC, docs/speed.md).
+ONEDNN_MIN_MACS = 2 ** 22
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux reports it (``GenuineIntel``, ``AuthenticAMD``); "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":")[1].strip() for line in cpuinfo if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_pays() -> bool:
+    """Whether float32 matrix products on the CPU are faster through oneDNN than through MKL.
+
+    MKL picks its fast kernels on Intel CPUs only; on other x86 CPUs (AMD's) oneDNN's own kernels
+    run the MNIST step's large products about twice as fast (docs/speed.md). False where the
+    vendor is Intel or unknown, and where PyTorch lacks either library.
+    """
+    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkl.is_available() and cpu_vendor() not in ("", "GenuineIntel")
+
+
+def route_matmuls_to_onednn(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` with its large float32 CPU ``mm`` and ``addmm`` run by oneDNN, in place.
+
+    ``addmm(bias, a, b)`` becomes oneDNN's ``linear(a, b.T, bias)`` (``torch.ops.mkldnn.
+    _linear_pointwise``; ``mm`` the same without bias), with ``a`` and ``b.T`` made contiguous.
+    The results are float32 products summed in another order: equal to MKL's up to rounding, not
+    to the bit.
+    """
+    aten = torch.ops.aten
+    nodes = graph.graph
+    for node in list(nodes.nodes):
+        if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+            continue
+        bias, a, b = (None, *node.args) if node.target is aten.mm.default else node.args
+        left, right = a.meta["val"], b.meta["val"]
+        if node.kwargs or left.dtype != torch.float32 or left.device.type != "cpu" \
+                or left.shape[0] * left.shape[1] * right.shape[1] < ONEDNN_MIN_MACS:
+            continue
+        with nodes.inserting_before(node):
+            a = nodes.call_function(aten.contiguous.default, (a,))
+            weight = nodes.call_function(aten.contiguous.default, (nodes.call_function(aten.t.default, (b,)),))
+            linear = nodes.call_function(torch.ops.mkldnn._linear_pointwise.default, (a, weight, bias, "none", [], ""))
+        linear.meta = dict(node.meta)
+        node.replace_all_uses_with(linear)
+        nodes.erase_node(node)
+    nodes.lint()
+    graph.recompile()
+    return graph
+
+
+def for_replay(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` as it is best replayed on this machine: its large products in oneDNN where that pays."""
+    return route_matmuls_to_onednn(graph) if onednn_pays() else graph

@@ -271,3 +271,63 @@ def test_inductor_step_matches_eager_with_eager_random_numbers():
     torch.testing.assert_close(compiled_loss, eager_loss.detach(), rtol=1e-4, atol=1e-2)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+
+
+@needs_onednn
+def test_large_float32_matrix_products_go_to_onednn_with_mkls_figures():
+    """Products of at least ONEDNN_MIN_MACS multiply-adds (transposed operands too) become oneDNN's
+    linear and give the same figures up to rounding; a small one stays with ``aten.mm``."""
+    from pyro_vae import tracing
+
+    def products(x, w, b, g, small):
+        return torch.addmm(b, x, w.t()), torch.mm(g.t(), x), torch.mm(small, small)
+
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(*shape, generator=gen) for shape in ((100, 784), (500, 784), (500,), (100, 300), (20, 20))]
+    graph = tracing.trace(products, *inputs)
+    expected = graph(*inputs)
+    routed = tracing.route_matmuls_to_onednn(graph)
+    targets = [node.target for node in routed.graph.nodes if node.op == "call_function"]
+    assert targets.count(torch.ops.mkldnn._linear_pointwise.default) == 2
+    assert targets.count(torch.ops.aten.mm.default) == 1 and torch.ops.aten.addmm.default not in targets
+    for got, want in zip(routed(*inputs), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_the_traced_step_with_onednn_products_trains_as_the_eager_step(monkeypatch):
+    """Where oneDNN pays, the default traced step of a network with large products runs them in
+    oneDNN and follows the eager step's losses and parameters up to rounding."""
+    from pyro_vae import tracing
+
+    monkeypatch.setattr(tracing, "onednn_pays", lambda: True)  # as on an AMD CPU
+    data = torch.bernoulli(torch.full((64, 784), 0.3), generator=torch.Generator().manual_seed(3))
+    runs = []
+    for mode in ("none", "trace"):
+        torch.manual_seed(0)
+        model = build_vae(784, 10, [300], "bernoulli", "tanh")
+        step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
+                            make_optimizer("adam", model.parameters(), 1e-3), compile=mode)
+        torch.manual_seed(7)
+        losses = torch.stack([step([((data,), 6400)])[0] for _ in range(4)])
+        runs.append((step, losses, [p.detach().clone() for p in model.parameters()]))
+    (_, eager_losses, eager_params), (traced, traced_losses, traced_params) = runs
+    assert traced.mode == "trace+update"
+    (graph,) = traced.compiled.graphs.values()
+    assert any(node.target == torch.ops.mkldnn._linear_pointwise.default for node in graph.graph.nodes)
+    torch.testing.assert_close(traced_losses, eager_losses, rtol=1e-5, atol=1e-3)
+    for got, want in zip(traced_params, eager_params):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("vendor, pays", [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)])
+def test_onednn_products_are_chosen_where_mkl_is_not_intels_own(monkeypatch, vendor, pays):
+    from pyro_vae import tracing
+
+    monkeypatch.setattr(tracing, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(tracing.platform, "machine", lambda: "x86_64")
+    available = torch.backends.mkldnn.is_available() and torch.backends.mkl.is_available()
+    assert tracing.onednn_pays.__wrapped__() == (pays and available)
