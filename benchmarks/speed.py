@@ -21,6 +21,8 @@ Implementations (``impl`` in the JSON):
                   (mode ``trace+update``), replayed as a CUDA graph on CUDA (``trace+update+cudagraph``);
                 * ``trace-launches`` (CUDA only): the same graph replayed kernel by kernel, without a
                   CUDA graph;
+                * ``trace-mkl`` (CPUs where :func:`pyro_vae.tracing.onednn_pays`): the same graph with
+                  its large products left to MKL instead of oneDNN;
                 * ``inductor``: the traced graph up to the gradients compiled by TorchInductor, the
                   fused Adam after it (mode ``inductor``);
                 * ``eager-bf16``, ``trace-bf16``, ``inductor-bf16``: the same with the matrix
@@ -88,7 +90,8 @@ LR = 1e-3
 #: The project's step variants: name -> (compile mode, precision). ``auto`` is resolved as
 #: ``pyro-vae train`` resolves it; ``trace-split`` stops the traced graph at the gradients.
 PYRO_VARIANTS = {"default": ("auto", "fp32"), "eager": ("none", "fp32"), "trace-split": ("trace", "fp32"),
-                 "trace": ("trace", "fp32"), "trace-launches": ("trace", "fp32"), "inductor": ("inductor", "fp32"),
+                 "trace": ("trace", "fp32"), "trace-launches": ("trace", "fp32"),
+                 "trace-mkl": ("trace", "fp32"), "inductor": ("inductor", "fp32"),
                  "eager-bf16": ("none", "bf16"),
                  "trace-bf16": ("trace", "bf16"), "inductor-bf16": ("inductor", "bf16")}
 
@@ -249,6 +252,7 @@ class PyroStep:
         from pyro_vae.step import CompiledStep, ObjectiveLoss, TrainingStep, choose_compile, make_optimizer
 
         compile_mode, precision = PYRO_VARIANTS[variant]
+        self.variant = variant
         if compile_mode == "auto":  # as `pyro-vae train --dataset mnist` resolves it for its epochs
             compile_mode = choose_compile("auto", DATASET_DEFAULTS["mnist"]["epochs"] * (NUM_TRAIN // batch_size))
         model = build_vae(DATA_DIM, LATENT, [HIDDEN], "bernoulli", "tanh").to(device)
@@ -269,17 +273,26 @@ class PyroStep:
         return self.step.mode
 
     def __call__(self, batch):
+        if self.variant == "trace-mkl" and not self.step.compiled.graphs:  # traced here: keep MKL's products
+            from unittest import mock
+            from pyro_vae import tracing
+            with mock.patch.object(tracing, "onednn_pays", lambda: False):
+                return self.step([((batch,), NUM_TRAIN)])[0]
         return self.step([((batch,), NUM_TRAIN)])[0]
 
 
 def pyro_variants(args, device) -> list:
     """The ``--pyro-variants`` that can run on ``device``: bf16 ones need a bfloat16 matrix unit,
-    ``trace-launches`` CUDA (elsewhere it is ``trace``)."""
+    ``trace-launches`` CUDA (elsewhere it is ``trace``), ``trace-mkl`` a CPU where oneDNN's products
+    are used (elsewhere it is ``trace`` too)."""
     import torch
     from pyro_vae.precision import bf16_matrix_unit
+    from pyro_vae.tracing import onednn_pays
     variants = list(args.pyro_variants)
     if torch.device(device).type != "cuda" and "trace-launches" in variants:
         variants.remove("trace-launches")
+    if (torch.device(device).type != "cpu" or not onednn_pays()) and "trace-mkl" in variants:
+        variants.remove("trace-mkl")
     if bf16_matrix_unit(device) is not None:
         return variants
     skipped = [v for v in variants if PYRO_VARIANTS[v][1] == "bf16"]

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import REPO, load_benchmark
 
@@ -58,3 +59,23 @@ def test_committed_results_are_replaced_only_with_overwrite(speed, tmp_path, cap
     assert exit_.value.code == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+def test_the_trace_mkl_row_keeps_the_products_that_the_trace_row_sends_to_onednn(speed, monkeypatch):
+    """Where oneDNN pays, ``trace`` runs the MNIST step's large products in oneDNN and ``trace-mkl``,
+    its side-by-side row, in ``aten.addmm``/``aten.mm``; both give the same loss up to rounding."""
+    from pyro_vae import tracing
+
+    monkeypatch.setattr(tracing, "onednn_pays", lambda: True)
+    batch = torch.bernoulli(torch.full((100, 784), 0.3), generator=torch.Generator().manual_seed(0))
+    losses, routed = {}, {}
+    for variant in ("trace", "trace-mkl"):
+        torch.manual_seed(0)
+        step = speed.PyroStep("meanfield", variant, "cpu", 100)
+        torch.manual_seed(1)
+        losses[variant] = step(batch)
+        (graph,) = step.step.compiled.graphs.values()
+        routed[variant] = sum(node.target == torch.ops.mkldnn._linear_pointwise.default for node in graph.graph.nodes)
+    assert routed == {"trace": 5, "trace-mkl": 0}
+    torch.testing.assert_close(losses["trace"], losses["trace-mkl"], rtol=1e-5, atol=1e-2)
