@@ -150,9 +150,9 @@ def route_matmuls_to_onednn(graph: torch.fx.GraphModule) -> torch.fx.GraphModule
     """``graph`` with its large float32 CPU ``mm`` and ``addmm`` run by oneDNN, in place.
 
     ``addmm(bias, a, b)`` becomes oneDNN's ``linear(a, b.T, bias)`` (``torch.ops.mkldnn.
-    _linear_pointwise``; ``mm`` the same without bias), with ``a`` and ``b.T`` made contiguous.
-    The results are float32 products summed in another order: equal to MKL's up to rounding, not
-    to the bit.
+    _linear_pointwise``; ``mm`` the same without bias). oneDNN reads strided operands, so a
+    transposed operand is not copied. The results are float32 products summed in another order:
+    equal to MKL's up to rounding, not to the bit.
     """
     aten = torch.ops.aten
     nodes = graph.graph
@@ -165,8 +165,7 @@ def route_matmuls_to_onednn(graph: torch.fx.GraphModule) -> torch.fx.GraphModule
                 or left.shape[0] * left.shape[1] * right.shape[1] < ONEDNN_MIN_MACS:
             continue
         with nodes.inserting_before(node):
-            a = nodes.call_function(aten.contiguous.default, (a,))
-            weight = nodes.call_function(aten.contiguous.default, (nodes.call_function(aten.t.default, (b,)),))
+            weight = nodes.call_function(aten.t.default, (b,))
             linear = nodes.call_function(torch.ops.mkldnn._linear_pointwise.default, (a, weight, bias, "none", [], ""))
         linear.meta = dict(node.meta)
         node.replace_all_uses_with(linear)

@@ -278,20 +278,23 @@ needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reas
 
 @needs_onednn
 def test_large_float32_matrix_products_go_to_onednn_with_mkls_figures():
-    """Products of at least ONEDNN_MIN_MACS multiply-adds (transposed operands too) become oneDNN's
-    linear and give the same figures up to rounding; a small one stays with ``aten.mm``."""
+    """Products of at least ONEDNN_MIN_MACS multiply-adds become oneDNN's linear, whatever their
+    operands' layout, and give the same figures up to rounding; a small one stays with ``aten.mm``."""
     from pyro_vae import tracing
 
-    def products(x, w, b, g, small):
-        return torch.addmm(b, x, w.t()), torch.mm(g.t(), x), torch.mm(small, small)
+    def products(x, w, b, g, small, wide):
+        every_other_column = wide[:, ::2]  # neither row- nor column-major
+        return (torch.addmm(b, x, w.t()), torch.mm(g.t(), x), torch.mm(g, w),
+                torch.mm(x.t(), every_other_column), torch.mm(small, small))
 
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(*shape, generator=gen) for shape in ((100, 784), (500, 784), (500,), (100, 300), (20, 20))]
+    shapes = ((100, 784), (500, 784), (500,), (100, 500), (20, 20), (100, 1200))
+    inputs = [torch.randn(*shape, generator=gen) for shape in shapes]
     graph = tracing.trace(products, *inputs)
     expected = graph(*inputs)
     routed = tracing.route_matmuls_to_onednn(graph)
     targets = [node.target for node in routed.graph.nodes if node.op == "call_function"]
-    assert targets.count(torch.ops.mkldnn._linear_pointwise.default) == 2
+    assert targets.count(torch.ops.mkldnn._linear_pointwise.default) == 4
     assert targets.count(torch.ops.aten.mm.default) == 1 and torch.ops.aten.addmm.default not in targets
     for got, want in zip(routed(*inputs), expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
