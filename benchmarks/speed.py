@@ -233,12 +233,13 @@ class Batches:
 
     def __call__(self):
         import torch
+        from pyro_vae.datasets import binarize
         if self.position + self.batch_size > len(self.train):
             self.order = torch.randperm(len(self.train), generator=self.generator, device=self.train.device)
             self.position = 0
         index = self.order[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        return torch.bernoulli(self.train[index], generator=self.generator)
+        return binarize(self.train[index], self.generator)
 
 
 class PyroStep:

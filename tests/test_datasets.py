@@ -16,6 +16,7 @@ from pyro_vae.datasets import (
     BUNDLED_FREY_FACE,
     DATASETS,
     ImageData,
+    binarize,
     binarize_once,
     load_dataset,
     load_frey_face,
@@ -178,6 +179,17 @@ def test_dynamic_binarization_draws_anew():
     second = torch.cat(list(minibatches(x, 50, generator, dynamic_binarization=True)))
     assert set(first.unique().tolist()) == {0.0, 1.0} and not torch.equal(first, second)
     assert abs(first.mean().item() - 0.3) < 0.01
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_binarization_draws_what_torch_bernoulli_draws(dtype):
+    """On the CPU the uniform-and-compare draw is torch.bernoulli's, bit for bit, and leaves the
+    generator where torch.bernoulli leaves it (so seeded runs keep their draws)."""
+    grey = torch.rand(300, 784, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ours, torchs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    drawn = binarize(grey, ours)
+    assert drawn.dtype == dtype and torch.equal(drawn, torch.bernoulli(grey, generator=torchs))
+    assert torch.equal(ours.get_state(), torchs.get_state())
 
 
 def test_prepare_binarization():
