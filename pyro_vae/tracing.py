@@ -7,8 +7,8 @@ Pyro's ``differentiable_loss`` reads the loss on the host (``torch_item``) and c
 every ATen operation it performs, the backward pass and in-place updates included. Replaying the
 graph gives the same numbers and draws the same random numbers as the Python function for the
 same seed; :func:`compile_graph` hands it to TorchInductor, which fuses the elementwise work.
-:func:`for_replay` sends a replayed graph's large float32 matrix products to oneDNN on CPUs where
-PyTorch's default BLAS (MKL) is the slower of the two (:func:`onednn_pays`).
+:func:`for_replay` and :func:`compile_graph` send a graph's large float32 matrix products to oneDNN
+on CPUs where PyTorch's default BLAS (MKL) is the slower of the two (:func:`onednn_pays`).
 
 A traced graph is valid for the shapes, dtypes and devices it was traced with and for the values
 of non-tensor arguments (:func:`signature`): what every traced program assumes, as Pyro's
@@ -20,7 +20,7 @@ import functools
 import logging
 import platform
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import pyro
 import torch
@@ -111,12 +111,15 @@ def trace(function: Callable, *inputs: torch.Tensor) -> torch.fx.GraphModule:
 
 
 def compile_graph(graph: torch.fx.GraphModule) -> Callable:
-    """``graph`` compiled by TorchInductor for its traced shapes (compiled at its first call).
+    """``graph`` compiled by TorchInductor for its traced shapes (compiled at its first call), its
+    large products in oneDNN where that pays (:func:`onednn_pays`).
 
     A CUDA build of PyTorch on a machine without CUDA logs "No CUDA runtime is found" when
     Inductor builds its C++ kernels; that line is silenced (nothing is wrong with the CPU build).
     """
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if onednn_pays():
+        graph = route_matmuls_to_onednn(graph, for_inductor=True)
     return torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
 
 
@@ -146,13 +149,25 @@ def onednn_pays() -> bool:
         and torch.backends.mkl.is_available() and cpu_vendor() not in ("", "GenuineIntel")
 
 
-def route_matmuls_to_onednn(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+@torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
+def onednn_linear(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``a @ weight.T + bias`` by oneDNN, as an operation Inductor calls without looking inside
+    (its own lowering of oneDNN's linear takes only constant weights, as in inference)."""
+    return torch.ops.mkldnn._linear_pointwise(a, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _onednn_linear_shape(a, weight, bias):
+    return a.new_empty((a.shape[0], weight.shape[0]))
+
+
+def route_matmuls_to_onednn(graph: torch.fx.GraphModule, for_inductor: bool = False) -> torch.fx.GraphModule:
     """``graph`` with its large float32 CPU ``mm`` and ``addmm`` run by oneDNN, in place.
 
     ``addmm(bias, a, b)`` becomes oneDNN's ``linear(a, b.T, bias)`` (``torch.ops.mkldnn.
-    _linear_pointwise``; ``mm`` the same without bias). oneDNN reads strided operands, so a
-    transposed operand is not copied. The results are float32 products summed in another order:
-    equal to MKL's up to rounding, not to the bit.
+    _linear_pointwise``, or :func:`onednn_linear` in a graph for Inductor; ``mm`` the same without
+    bias). oneDNN reads strided operands, so a transposed operand is not copied. The results are
+    float32 products summed in another order: equal to MKL's up to rounding, not to the bit.
     """
     aten = torch.ops.aten
     nodes = graph.graph
@@ -166,7 +181,8 @@ def route_matmuls_to_onednn(graph: torch.fx.GraphModule) -> torch.fx.GraphModule
             continue
         with nodes.inserting_before(node):
             weight = nodes.call_function(aten.t.default, (b,))
-            linear = nodes.call_function(torch.ops.mkldnn._linear_pointwise.default, (a, weight, bias, "none", [], ""))
+            linear = nodes.call_function(torch.ops.pyro_vae.onednn_linear.default, (a, weight, bias)) if for_inductor \
+                else nodes.call_function(torch.ops.mkldnn._linear_pointwise.default, (a, weight, bias, "none", [], ""))
         linear.meta = dict(node.meta)
         node.replace_all_uses_with(linear)
         nodes.erase_node(node)

@@ -277,9 +277,11 @@ needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reas
 
 
 @needs_onednn
-def test_large_float32_matrix_products_go_to_onednn_with_mkls_figures():
-    """Products of at least ONEDNN_MIN_MACS multiply-adds become oneDNN's linear, whatever their
-    operands' layout, and give the same figures up to rounding; a small one stays with ``aten.mm``."""
+@pytest.mark.parametrize("for_inductor", [False, True])
+def test_large_float32_matrix_products_go_to_onednn_with_mkls_figures(for_inductor):
+    """Products of at least ONEDNN_MIN_MACS multiply-adds become oneDNN's linear (for Inductor the
+    project's opaque operation), whatever their operands' layout, and give the same figures up to
+    rounding; a small one stays with ``aten.mm``."""
     from pyro_vae import tracing
 
     def products(x, w, b, g, small, wide):
@@ -292,9 +294,10 @@ def test_large_float32_matrix_products_go_to_onednn_with_mkls_figures():
     inputs = [torch.randn(*shape, generator=gen) for shape in shapes]
     graph = tracing.trace(products, *inputs)
     expected = graph(*inputs)
-    routed = tracing.route_matmuls_to_onednn(graph)
+    routed = tracing.route_matmuls_to_onednn(graph, for_inductor)
     targets = [node.target for node in routed.graph.nodes if node.op == "call_function"]
-    assert targets.count(torch.ops.mkldnn._linear_pointwise.default) == 4
+    linear = torch.ops.pyro_vae.onednn_linear.default if for_inductor else torch.ops.mkldnn._linear_pointwise.default
+    assert targets.count(linear) == 4
     assert targets.count(torch.ops.aten.mm.default) == 1 and torch.ops.aten.addmm.default not in targets
     for got, want in zip(routed(*inputs), expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
@@ -324,6 +327,36 @@ def test_the_traced_step_with_onednn_products_trains_as_the_eager_step(monkeypat
     torch.testing.assert_close(traced_losses, eager_losses, rtol=1e-5, atol=1e-3)
     for got, want in zip(traced_params, eager_params):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_the_inductor_step_with_onednn_products_matches_eager(monkeypatch):
+    """Where oneDNN pays, Inductor compiles the graph with its large products in oneDNN (no
+    fallback to the replay) and, with the eager random numbers, gives the eager loss and gradients."""
+    import torch._inductor.config as inductor_config
+    from pyro_vae import tracing
+
+    monkeypatch.setattr(tracing, "onednn_pays", lambda: True)  # as on an AMD CPU
+    route, routed = tracing.route_matmuls_to_onednn, []
+    monkeypatch.setattr(tracing, "route_matmuls_to_onednn",
+                        lambda graph, for_inductor=False: routed.append(for_inductor) or route(graph, for_inductor))
+    torch.manual_seed(0)
+    loss = ObjectiveLoss(build_vae(784, 10, [300], "bernoulli", "tanh"), make_objective("meanfield"))
+    compiled = CompiledStep(loss, "inductor")
+    x = torch.bernoulli(torch.full((64, 784), 0.3), generator=torch.Generator().manual_seed(3))
+    with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(5)
+        compiled_loss, compiled_grads = compiled([((x,), 6400)])
+    assert compiled.backend == "inductor", compiled.fallback_reason
+    assert routed == [True]
+    torch.manual_seed(5)
+    eager_loss = loss([((x,), 6400)])
+    eager_grads = torch.autograd.grad(eager_loss, compiled.parameters)
+    torch.testing.assert_close(compiled_loss, eager_loss.detach(), rtol=1e-5, atol=1e-3)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("vendor, pays", [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)])
