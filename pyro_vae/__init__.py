@@ -21,6 +21,8 @@ Where things are:
 * :mod:`pyro_vae.datasets` — MNIST, Frey Face and your own data as tensors (:class:`ImageData`).
 * :mod:`pyro_vae.evaluation` — ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` —
   pictures.
+* :mod:`pyro_vae.tracing` — a step or an evaluation as one replayed or compiled graph;
+  :mod:`pyro_vae.torch_constants` — PyTorch's CPU kernels at their speed from their first call.
 """
 
 from .datasets import ImageData, load_dataset
@@ -39,8 +41,11 @@ from .config import TrainConfig
 from .contract import check_model
 from .engine import Run, fit
 from .training import load_run, resume, train
+from . import torch_constants
 
 __version__ = "0.1.0"
+
+torch_constants.map_torch_constants()  # PyTorch's CPU kernels at their speed from their first call (docs/speed.md)
 
 __all__ = [
     "BernoulliLikelihood", "CheckpointError", "ConditionalVAE", "ConfigError", "DataError",
