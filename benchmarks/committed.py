@@ -5,6 +5,7 @@ that already exists in :data:`RESULTS` unless it is given ``--overwrite``. Files
 elsewhere are the user's own and are written as asked.
 """
 
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -27,3 +28,13 @@ def refuse_to_replace(paths: Iterable[Path], overwrite: bool) -> None:
     if existing and not overwrite:
         raise ConfigError(f"{RESULTS} holds the committed results ({', '.join(existing)}): pass --overwrite to "
                           "replace them, or --out to write elsewhere")
+
+
+def exit_if_refused(out: Path, overwrite: bool) -> None:
+    """:func:`refuse_to_replace` for the JSON file ``out`` and the markdown beside it, as a one-line
+    error and exit status 2."""
+    try:
+        refuse_to_replace([Path(out), Path(out).with_suffix(".md")], overwrite)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

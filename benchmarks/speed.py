@@ -713,13 +713,8 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.out:
-        from committed import refuse_to_replace
-        from pyro_vae import ConfigError
-        try:
-            refuse_to_replace([Path(args.out), Path(args.out).with_suffix(".md")], args.overwrite)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+        from committed import exit_if_refused
+        exit_if_refused(Path(args.out), args.overwrite)
     if args.threads:
         os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
                               if args.threads == 1 else "")

@@ -117,13 +117,8 @@ def main(argv=None) -> dict:
         print(json.dumps(measure(args.steps, args.threads)))
         return {}
     if args.out:
-        from committed import refuse_to_replace
-        from pyro_vae import ConfigError
-        try:
-            refuse_to_replace([Path(args.out), Path(args.out).with_suffix(".md")], args.overwrite)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+        from committed import exit_if_refused
+        exit_if_refused(Path(args.out), args.overwrite)
     import torch
     from speed import machine_info
     runs = {name: [] for name in SETTINGS}
