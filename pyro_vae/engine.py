@@ -325,9 +325,11 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
     def batch(part: tuple, index: torch.Tensor) -> tuple[tuple, int]:
         """This process's share of a minibatch of a data part, as (model arguments, part size)."""
         x, y, size = part
-        x_batch = draw_batch(x, index, generator, dynamic)
-        mine = processes.shard(torch.arange(len(index), device=device))
-        return (x_batch[mine],) if y is None else (x_batch[mine], y[index][mine]), size
+        x_batch = draw_batch(x, index, generator, dynamic)  # every process draws the whole minibatch
+        if processes.distributed:
+            mine = processes.shard(torch.arange(len(index), device=device))
+            x_batch, index = x_batch[mine], index[mine]
+        return (x_batch,) if y is None else (x_batch, y[index]), size
 
     def stop_requested(signals: StopSignals) -> int:
         """The signal that asked every process to stop, or 0 (a sync across processes when distributed)."""
