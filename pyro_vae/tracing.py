@@ -101,13 +101,17 @@ def trace(function: Callable, *inputs: torch.Tensor) -> torch.fx.GraphModule:
     The run does not advance the random streams (the graph's first replay draws what the
     function would have drawn) and keeps its parameters out of Pyro's global parameter store.
     In-place operations on ``inputs`` happen during the run: pass copies of anything that must
-    not change.
+    not change. What the function computed and did not use (Pyro computes log-densities that an
+    objective may not read) is left out of the graph; random draws and in-place updates stay.
     """
     from torch.fx.experimental.proxy_tensor import make_fx
 
     devices = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), traceable(), pyro.get_param_store().scope():
-        return make_fx(function)(*inputs)
+        graph = make_fx(function)(*inputs)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
 
 
 def compile_graph(graph: torch.fx.GraphModule) -> Callable:

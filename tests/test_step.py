@@ -273,6 +273,29 @@ def test_inductor_step_matches_eager_with_eager_random_numbers():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
 
 
+def test_a_traced_graph_leaves_out_unused_work_but_keeps_random_draws_and_updates():
+    from pyro_vae import tracing
+    aten = torch.ops.aten
+
+    def function(x, w):
+        (x * 2).sum()  # computed and never used: left out
+        torch.randn_like(x)  # never used, but it advances the generator: kept
+        w.add_(1.0)
+        return x + 1
+
+    x, w = torch.zeros(3), torch.zeros(2)
+    graph = tracing.trace(function, x, w.clone())
+    targets = [node.target for node in graph.graph.nodes if node.op == "call_function"]
+    assert aten.mul.Tensor not in targets and aten.sum.default not in targets
+    assert aten.randn_like.default in targets and aten.add_.Tensor in targets
+    torch.manual_seed(0)
+    graph(x, w)
+    after_graph = torch.randn(1)
+    torch.manual_seed(0)
+    function(x, torch.zeros(2))
+    assert torch.equal(after_graph, torch.randn(1)) and torch.equal(w, torch.ones(2))
+
+
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
 
 
