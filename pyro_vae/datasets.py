@@ -475,8 +475,8 @@ def binarize(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> to
     """A Bernoulli draw of every pixel of ``x`` (grey levels in [0, 1]), in ``x``'s dtype.
 
     Drawn as uniform numbers compared with the grey levels: on the CPU the same draws as
-    ``torch.bernoulli`` from the same generator, which leaves it in the same state, at about a
-    quarter of its cost (docs/speed.md).
+    ``torch.bernoulli`` from the same generator, which leaves it in the same state, in 0.25-0.7 of
+    its time (docs/speed.md).
     """
     uniform = torch.rand(x.shape, generator=generator, device=x.device,
                          dtype=torch.promote_types(x.dtype, torch.float32))
