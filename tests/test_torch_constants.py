@@ -1,6 +1,9 @@
+"""PyTorch's kernel constants mapped at import (pyro_vae/torch_constants.py) and its benchmark."""
+
 import json
 import os
 import platform
+import re
 import sys
 
 import pytest
@@ -26,7 +29,8 @@ def torch_cpu_read_only_regions():
 
 
 def kernel_version():
-    return tuple(int(part) for part in platform.release().split("-")[0].split(".")[:2])
+    match = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(match[1]), int(match[2])) if match else (0, 0)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or kernel_version() < (5, 14),
