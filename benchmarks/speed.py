@@ -172,19 +172,22 @@ class PeakMemory:
         return "torch.cuda.max_memory_allocated" if self.device.type == "cuda" else "peak RSS of the process (VmHWM)"
 
 
-def cpu_model_and_flags() -> tuple[str, set]:
-    """The CPU's model name and its flags, from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    model, flags = "", set()
+def cpuinfo() -> dict:
+    """The first CPU's fields in /proc/cpuinfo ({} where there is none)."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return model or platform.processor(), flags
+    return fields
+
+
+def cpu_model_and_flags() -> tuple[str, set]:
+    """The CPU's model name and its flags, from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    fields = cpuinfo()
+    return fields.get("model name") or platform.processor(), set(fields.get("flags", "").split())
 
 
 def load_average() -> Optional[tuple]:
@@ -198,8 +201,10 @@ def machine_info(device) -> dict:
     import torch
     from pyro_vae.precision import bf16_matrix_unit
     cpu_model, flags = cpu_model_and_flags()
+    fields = cpuinfo()
     info = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
-            "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model, "cpu_family": f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}",
+            "cpu_count": os.cpu_count(),
             "cpu_amx": bool(flags & {"amx_tile", "amx_bf16"}), "cpu_avx512_bf16": "avx512_bf16" in flags,
             "cpu_avx512": "avx512f" in flags, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16_matrix_unit": bf16_matrix_unit(device), "torch": torch.__version__,
@@ -227,19 +232,19 @@ class Batches:
 
     def __init__(self, train, batch_size: int, seed: int = 0):
         import torch
-        self.train, self.batch_size = train, batch_size
+        from pyro_vae.datasets import binarize
+        self.train, self.batch_size, self.binarize = train, batch_size, binarize
         self.generator = torch.Generator(device=train.device).manual_seed(seed)
         self.order, self.position = None, len(train)
 
     def __call__(self):
         import torch
-        from pyro_vae.datasets import binarize
         if self.position + self.batch_size > len(self.train):
             self.order = torch.randperm(len(self.train), generator=self.generator, device=self.train.device)
             self.position = 0
         index = self.order[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        return binarize(self.train[index], self.generator)
+        return self.binarize(self.train[index], self.generator)
 
 
 class PyroStep:

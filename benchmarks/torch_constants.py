@@ -84,18 +84,6 @@ def measure(steps: int, threads: int) -> dict:
             "bytes_mapped": map_torch_constants()}
 
 
-def cpu_family() -> str:
-    """``family F model M`` of the first CPU in /proc/cpuinfo ("" where it is not there)."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return ""
-    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
-
-
 def markdown(result: dict) -> str:
     rows = ["| figure | mapped | not mapped | ratio |", "| --- | ---: | ---: | ---: |"]
     for key, label in (("log_sigmoid_us", "log_sigmoid, 100x784, µs per call"),
@@ -105,7 +93,7 @@ def markdown(result: dict) -> str:
     return "\n".join([
         "# PyTorch's kernel constants mapped at import", "",
         f"Command: `{result['command']}`", "",
-        f"Machine: {result['machine']['cpu_model']} ({cpu_family()}), {result['threads']} threads, "
+        f"Machine: {result['machine']['cpu_model']} ({result['machine']['cpu_family']}), {result['threads']} threads, "
         f"torch {result['machine']['torch']}. "
         f"Median of {result['repeats']} alternating pairs of fresh processes; "
         f"{result['median']['mapped']['bytes_mapped'] / 2**20:.0f} MB mapped.", "", *rows, ""])

@@ -174,6 +174,8 @@ def route_matmuls_to_onednn(graph: torch.fx.GraphModule, for_inductor: bool = Fa
     float32 products summed in another order: equal to MKL's up to rounding, not to the bit.
     """
     aten = torch.ops.aten
+    linear_op, options = (torch.ops.pyro_vae.onednn_linear.default, ()) if for_inductor \
+        else (torch.ops.mkldnn._linear_pointwise.default, ("none", [], ""))
     nodes = graph.graph
     for node in list(nodes.nodes):
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
@@ -185,8 +187,7 @@ def route_matmuls_to_onednn(graph: torch.fx.GraphModule, for_inductor: bool = Fa
             continue
         with nodes.inserting_before(node):
             weight = nodes.call_function(aten.t.default, (b,))
-            linear = nodes.call_function(torch.ops.pyro_vae.onednn_linear.default, (a, weight, bias)) if for_inductor \
-                else nodes.call_function(torch.ops.mkldnn._linear_pointwise.default, (a, weight, bias, "none", [], ""))
+            linear = nodes.call_function(linear_op, (a, weight, bias, *options))
         linear.meta = dict(node.meta)
         node.replace_all_uses_with(linear)
         nodes.erase_node(node)
