@@ -5,7 +5,7 @@ Where things are:
 * :func:`fit` (:mod:`pyro_vae.engine`) — AEVB for any ``torch.nn.Module`` whose ``model`` and
   ``guide`` are Pyro programs, on any data; :mod:`pyro_vae.contract` — what it needs of a model,
   checked before the first step; :mod:`pyro_vae.recipes` — models by import path, and how a run
-  rebuilds its model.
+  rebuilds its model; :mod:`pyro_vae.trust` — which factories a run folder may make it import.
 * :func:`train`, :func:`resume`, :func:`load_run` (:mod:`pyro_vae.training`) — runs from a
   :class:`TrainConfig` (:mod:`pyro_vae.config`); :mod:`pyro_vae.rundir` — run folders that are
   never overwritten by accident; :mod:`pyro_vae.step` — one training step;

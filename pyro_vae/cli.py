@@ -7,6 +7,7 @@ step boundary and exits with 128 + the signal's number (143, 130); ``--resume`` 
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import trust
 from .datasets import BINARIZATIONS, DATASETS
 from .recipes import BUILT_IN, parse_model_args
 from .errors import ConfigError, PyroVAEError, TrainingInterrupted
@@ -164,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue RUN_DIR from its last checkpoint with its own configuration "
                             "(only --epochs and --data-dir may be given with it)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--trust-recipe", action="store_true",
+                       help="open runs (--resume, --m1) whose model factory you have not trained with, and "
+                            "remember it: their factory's code runs, so only for runs from people you trust "
+                            "(default: refused with one line)")
 
     evaluate = commands.add_parser("evaluate", help="estimate test ELBO and log-likelihood of a trained run",
                                    description="Estimate the test ELBO and the importance-sampled test log p(x) "
@@ -182,10 +188,15 @@ def _parser() -> argparse.ArgumentParser:
                           help="another run on the same test images: print RUN_DIR's test log p(x) minus "
                                "OTHER_RUN's, with the standard error of the per-image differences")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--trust-recipe", action="store_true",
+                          help="open runs whose model factory you have not trained with, and remember it: their "
+                               "factory's code runs, so only for runs from people you trust (default: refused "
+                               "with one line)")
     return parser
 
 
 RESUME_OPTIONS = ("epochs", "data_dir", "checkpoint_every")
+NOT_SETTINGS = ("command", "quiet", "resume", "overwrite", "model_arg", "trust_recipe")
 #: Options of the built-in models' factories that have flags of their own.
 SHORTHANDS = ("labels_per_class", "aux_weight", "labelled_weight", "condition", "m1")
 
@@ -200,7 +211,7 @@ def _train(args: argparse.Namespace) -> None:
         if value is not None:
             model_args[key] = str(Path(value).expanduser().resolve()) if key == "m1" else value
     options = {key: value for key, value in vars(args).items()
-               if key not in ("command", "quiet", "resume", "overwrite", "model_arg", *SHORTHANDS)}
+               if key not in (*NOT_SETTINGS, *SHORTHANDS)}
     if args.resume is None:
         config = TrainConfig(**options, model_args=model_args)
         if config.out is None:
@@ -217,7 +228,7 @@ def _train(args: argparse.Namespace) -> None:
         if clashing:
             flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
             raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} "
-                              "(only --epochs, --data-dir and --checkpoint-every may be given)")
+                              "(only --epochs, --data-dir, --checkpoint-every and --trust-recipe may be given)")
         run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet,
                      checkpoint_every=args.checkpoint_every)
     metrics = run.metrics
@@ -286,7 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m`: --model finds modules here
         sys.path.insert(0, os.getcwd())
     try:
-        {"train": _train, "evaluate": _evaluate}[args.command](args)
+        with trust.trusting() if args.trust_recipe else contextlib.nullcontext():
+            {"train": _train, "evaluate": _evaluate}[args.command](args)
     except PyroVAEError as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

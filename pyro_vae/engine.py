@@ -117,6 +117,7 @@ def fit(model: Union[nn.Module, str], data: Union[ImageData, str], *, model_args
     if not in_memory:
         data = load_dataset(dataset)
     if isinstance(model, str):
+        recipes.name_factory(model)  # the user's own factory: trusted when its runs are opened
         model_recipe = recipes.recipe(model, data_arguments(data), model_args)
         pyro.set_rng_seed(config.seed)  # the initial weights are the seed's, as for pyro-vae train
         model = recipes.build(model_recipe)
@@ -124,6 +125,8 @@ def fit(model: Union[nn.Module, str], data: Union[ImageData, str], *, model_args
         raise ConfigError("model_args are for a factory named by import path; this model is built already")
     else:
         model_recipe = getattr(model, "recipe", None)
+        if model_recipe is not None:  # the user's own factory: trusted when its runs are opened
+            recipes.name_factory(model_recipe["factory"])
         pyro.set_rng_seed(config.seed)
     return run(model, data, config, model_recipe, None, in_memory=in_memory, progress=progress, overwrite=overwrite)
 

@@ -16,6 +16,12 @@ shape and size, and the usual network settings) that its signature declares, plu
 keyword arguments (``--model-arg KEY=VALUE``). A factory whose module is ``__main__`` (a script or
 a notebook) cannot be imported by another process: such a run is rebuilt by passing the model
 object to :func:`pyro_vae.load_run`.
+
+A recipe read from a run folder is data, not a command: :func:`check_recipe` refuses it, before
+anything is imported, unless each factory it names is trusted (:func:`is_trusted`: a built-in, an
+installed entry point, or one this user trained with or trusted, :mod:`pyro_vae.trust`) and its
+keyword arguments are plain JSON values; :func:`build` checks that the factory is a callable
+attribute of its module and that the arguments fit its signature before calling it.
 """
 
 import importlib
@@ -26,7 +32,8 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .errors import ConfigError
+from . import trust
+from .errors import CheckpointError, ConfigError
 
 ENTRY_POINT_GROUP = "pyro_vae.models"
 #: Arguments the engine offers every factory; each factory receives those it declares.
@@ -37,11 +44,17 @@ BUILT_IN = {"vae": "pyro_vae.models:vae", "hierarchical": "pyro_vae.models:hiera
             "m1m2": "pyro_vae.models:m1m2", "cvae": "pyro_vae.models:cvae"}
 
 
+def registered_factories() -> dict:
+    """The factories installed packages register in the ``pyro_vae.models`` entry-point group, by name
+    (read from their metadata: nothing is imported)."""
+    return {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def factory_path(name: str) -> str:
     """The import path ``module:attribute`` of a built-in name, a registered name or an import path."""
     if name in BUILT_IN:
         return BUILT_IN[name]
-    registered = {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+    registered = registered_factories()
     if name in registered:
         return registered[name]
     if ":" not in name:
@@ -51,9 +64,68 @@ def factory_path(name: str) -> str:
     return name
 
 
-def import_factory(name: str) -> Callable[..., nn.Module]:
-    """The factory ``name`` refers to (see :func:`factory_path`)."""
+def is_trusted(path: str) -> bool:
+    """Whether the factory ``module:attribute`` may be imported and called: a built-in, an installed
+    entry point's, or one this user trained with or trusted (:mod:`pyro_vae.trust`)."""
+    return path in BUILT_IN.values() or path in registered_factories().values() or trust.is_remembered(path)
+
+
+def name_factory(name: str) -> str:
+    """The import path of a factory the user names to train with, remembered as trusted (:mod:`pyro_vae.trust`)."""
     path = factory_path(name)
+    if not is_trusted(path):
+        trust.remember(path)
+    return path
+
+
+def check_recipe(model_recipe, where: str) -> None:
+    """Refuse, before anything is imported, a recipe read from ``where`` that is not plain data naming
+    trusted factories; the recipes nested in its arguments (M1's in an ``m1m2`` run) too.
+
+    Within :func:`pyro_vae.trust.trusting` (``--trust-recipe``) untrusted factories are remembered instead.
+    """
+    for nested in _recipes_in(model_recipe, where):
+        path = nested["factory"]
+        module_name = path.partition(":")[0]
+        found = trust.module_origin(module_name)
+        if found is None or is_trusted(path):  # a module that is not found runs nothing: importing it says so
+            continue
+        if trust.trusting_now():
+            trust.remember(path)
+            continue
+        raise CheckpointError(f"{where} names the model factory {path} (module {module_name}: {found}), which you "
+                              "have not trained with or trusted, and opening the run would run it: if you trust "
+                              "whoever wrote the run, pass --trust-recipe (trust_recipe=True in Python), or pass the "
+                              "model yourself (load_run(RUN, model=...))")
+
+
+def _recipes_in(model_recipe, where: str) -> list:
+    """``model_recipe`` and the recipes in its arguments, each checked to be a recipe of plain JSON values."""
+    if (not isinstance(model_recipe, dict) or set(model_recipe) != {"factory", "kwargs"}
+            or not isinstance(model_recipe["factory"], str) or model_recipe["factory"].count(":") != 1
+            or not isinstance(model_recipe["kwargs"], dict)):
+        raise CheckpointError(f"{where}: its model recipe is not {{'factory': 'module:attribute', 'kwargs': {{...}}}}; "
+                              "pass a run directory written by 'pyro-vae train'")
+    if not _is_plain(model_recipe["kwargs"]):
+        raise CheckpointError(f"{where}: the arguments of its model factory {model_recipe['factory']} are not plain "
+                              "JSON values (numbers, strings, lists, dicts); pass a run directory written by "
+                              "'pyro-vae train'")
+    nested = [value for value in model_recipe["kwargs"].values() if isinstance(value, dict) and "factory" in value]
+    return [model_recipe] + [inner for value in nested for inner in _recipes_in(value, where)]
+
+
+def _is_plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_is_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def import_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory ``name`` refers to (see :func:`factory_path`), which must be trusted (:func:`is_trusted`)."""
+    path = factory_path(name)
+    check_recipe({"factory": path, "kwargs": {}}, f"model {path}")
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -111,9 +183,18 @@ def recipe(name: str, common: dict, model_args: Optional[dict] = None) -> dict:
     return {"factory": factory_path(name), "kwargs": kwargs}
 
 
-def build(model_recipe: dict) -> nn.Module:
-    """The model a recipe describes (untrained: the weights come from a checkpoint or from training)."""
+def build(model_recipe: dict, where: str = "the model recipe") -> nn.Module:
+    """The model a recipe read from ``where`` describes (untrained: the weights come from a checkpoint or
+    from training); the recipe is checked first (:func:`check_recipe`)."""
+    check_recipe(model_recipe, where)
     factory = import_factory(model_recipe["factory"])
+    try:
+        inspect.signature(factory).bind(**model_recipe["kwargs"])
+    except TypeError as error:
+        raise ConfigError(f"model {model_recipe['factory']} cannot be built with {model_recipe['kwargs']}: "
+                          f"{error}") from None
+    except ValueError:  # a callable without a signature Python can read: its call will say
+        pass
     try:
         module = factory(**model_recipe["kwargs"])
     except ConfigError:
@@ -148,12 +229,3 @@ def parse_model_args(pairs) -> dict:
         except json.JSONDecodeError:
             values[key] = text
     return values
-
-
-def importable(module: nn.Module) -> Optional[str]:
-    """Why ``module``'s class cannot be rebuilt in another process, or ``None`` if it can."""
-    where = type(module).__module__
-    if where == "__main__":
-        return (f"{type(module).__name__} is defined in __main__ (a script or notebook), which another process "
-                "cannot import")
-    return None

@@ -5,9 +5,12 @@ engine takes: the data (a built-in data set or a user's file, :func:`load_data`)
 built from its recipe (:mod:`pyro_vae.recipes`: a factory by name or import path and its keyword
 arguments), then trains it with :mod:`pyro_vae.engine`. A run directory records the recipe, so
 :func:`resume` and :func:`load_run` rebuild any model whose factory can be imported; a model that
-cannot be (defined in ``__main__``) is passed to them as ``model=``.
+cannot be (defined in ``__main__``) is passed to them as ``model=``. They import and call a factory
+only if it is trusted (:func:`pyro_vae.recipes.check_recipe`): a run folder someone else wrote that
+names another factory is refused unless ``trust_recipe=True``.
 """
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +18,7 @@ import pyro
 import torch
 from torch import nn
 
-from . import engine, recipes
+from . import engine, recipes, trust
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, resolve_device
 from .datasets import ImageData, load_dataset
@@ -45,6 +48,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
     the next step with a checkpoint from which :func:`resume` continues exactly, and
     :class:`~pyro_vae.TrainingInterrupted` is raised.
     """
+    recipes.name_factory(config.model)  # the user's own factory: trusted when its runs are opened
     config = config.resolved()
     engine.claim_folder(config, overwrite)
     pyro.set_rng_seed(config.seed)  # the initial weights are the seed's
@@ -57,7 +61,7 @@ def train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -
 
 def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None, progress: bool = True,
            checkpoint_every: Optional[int] = None, data: Optional[ImageData] = None,
-           model: Optional[nn.Module] = None) -> Run:
+           model: Optional[nn.Module] = None, trust_recipe: bool = False) -> Run:
     """Continue the run in ``run_dir`` from its last checkpoint, up to ``epochs`` (default: as configured).
 
     The checkpoint holds the model and optimizer states, the history, every process's random
@@ -66,7 +70,8 @@ def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None
     same device type and number of processes the resumed run ends exactly as an uninterrupted run
     with the same configuration would (apart from wall times). ``checkpoint_every`` replaces the
     run's own setting; ``data`` is needed for a run trained on data given in memory, ``model`` for
-    a model whose factory cannot be imported.
+    a model whose factory cannot be imported; ``trust_recipe`` trusts (and remembers) a factory
+    that this user has not trained with, as for :func:`load_run`.
     """
     checkpoint = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = TrainConfig.from_dict(checkpoint["config"])
@@ -81,8 +86,8 @@ def resume(run_dir, epochs: Optional[int] = None, data_dir: Optional[str] = None
                               f"{checkpoint['epoch']} or more")
         config.epochs = epochs
     config.check_settings()
+    module = rebuild(checkpoint, run_dir, model, trust_recipe)
     data = run_data(config, checkpoint, data)
-    module = rebuild(checkpoint, run_dir, model)
     return engine.run(module, data, config, checkpoint.get("recipe"), checkpoint,
                       in_memory=bool(checkpoint.get("data_in_memory")), progress=progress)
 
@@ -97,8 +102,9 @@ def run_data(config: TrainConfig, checkpoint: dict, data: Optional[ImageData] = 
     return load_data(config)
 
 
-def rebuild(checkpoint: dict, run_dir, model: Optional[nn.Module] = None) -> nn.Module:
-    """The run's model, untrained: ``model`` if given, else rebuilt from the checkpoint's recipe."""
+def rebuild(checkpoint: dict, run_dir, model: Optional[nn.Module] = None, trust_recipe: bool = False) -> nn.Module:
+    """The run's model, untrained: ``model`` if given, else rebuilt from the checkpoint's recipe, whose
+    factory must be trusted (:func:`pyro_vae.recipes.check_recipe`) unless ``trust_recipe``."""
     if model is not None:
         return model
     recipe = checkpoint.get("recipe")
@@ -107,22 +113,26 @@ def rebuild(checkpoint: dict, run_dir, model: Optional[nn.Module] = None) -> nn.
         raise ConfigError(f"{run_dir}: its model ({where}) has no recipe another process can import (defined in "
                           "__main__ or a notebook): pass the model object, load_run(RUN, model=...), or build it "
                           "with a factory in an importable module")
-    return recipes.build(recipe)
+    with trust.trusting() if trust_recipe else contextlib.nullcontext():
+        return recipes.build(recipe, str(run_dir))
 
 
-def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None,
-             model: Optional[nn.Module] = None) -> tuple[nn.Module, TrainConfig, dict]:
+def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None, model: Optional[nn.Module] = None,
+             trust_recipe: bool = False) -> tuple[nn.Module, TrainConfig, dict]:
     """The trained model of a run directory, its configuration and its checkpoint.
 
     The model is rebuilt from the run's recipe, or is ``model`` (an untrained instance of the same
     architecture) for a model whose factory cannot be imported; its weights come from the checkpoint.
+    A recipe is data: its factory is imported and called only if it is a built-in, an installed
+    entry point's, or one this user trained with or trusted before; ``trust_recipe=True`` trusts
+    (and remembers) the factory of a run someone else wrote, which runs its code.
     """
     checkpoint = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     config = TrainConfig.from_dict(checkpoint["config"])
     if data_dir is not None:
         config.data_dir = data_dir
     config.device = device
-    module = rebuild(checkpoint, run_dir, model)
+    module = rebuild(checkpoint, run_dir, model, trust_recipe)
     try:
         module.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pyro
@@ -8,6 +9,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The factories the tests train with are remembered in a folder of the test session's, not the user's
+# (pyro_vae.trust); processes the tests start inherit it.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="pyro-vae-tests-config-")
 
 
 def shared_data_dir() -> Path:
