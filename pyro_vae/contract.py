@@ -5,9 +5,12 @@ The contract (``docs/model_contract.md`` explains each point):
 1. ``module.model`` and ``module.guide`` are Pyro programs taking the batch (the images, and the
    labels for a model whose ``labels`` are ``"all"`` or, for labelled batches, ``"some"``) and the
    keyword ``num_data=None``.
-2. Every sample site sits inside the data plate, a :class:`pyro.plate` of size ``num_data`` that
-   subsamples the batch (``pyro.plate("data", num_data, subsample=...)``), so that Pyro scales a
-   minibatch's log-densities to the whole training set (the paper's equation 8).
+2. Every sample site of the batch sits inside the data plate, a :class:`pyro.plate` of size
+   ``num_data`` that subsamples the batch (``pyro.plate("data", num_data, subsample=...)``), so that
+   Pyro scales a minibatch's log-densities to the whole training set (the paper's equation 8). A
+   site outside every plate of the batch (a global latent, as in the paper's Appendix F) is
+   counted once; the objectives that weigh each datapoint's particles apart refuse it
+   (:attr:`~pyro_vae.objectives.Objective.handles_global_latents`).
 3. Model and guide have the same latent sites: every sample site of the guide is sampled (not
    observed) in the model, and every latent site of the model is sampled in the guide.
 4. With K > 1 particles the objectives, and always the importance-sampled log p(x), run model and
@@ -38,7 +41,7 @@ from torch import nn
 
 from .errors import ConfigError, first_line
 from .importance import importance_traces
-from .objectives import OBJECTIVES, check_objective
+from .objectives import OBJECTIVES, check_objective, suitable
 from .precision import autocast
 from .recipes import declared
 
@@ -88,6 +91,7 @@ def check_model(module: nn.Module, args: tuple, objective_name: str, objective: 
             raise ConfigError(f"{name}.model failed on a batch of {batch_size} with the guide's draws: "
                               f"{type(error).__name__}: {first_line(error)}") from None
         _check_sites(name, model, guide, num_data, batch_size)
+        _check_global_sites(name, module, objective_name, model, guide, num_data)
         _check_objective_assumptions(name, objective_name, model, guide, allow_mc_kl)
         try:  # the importance-sampled log p(x) always draws vectorized particles
             importance_traces(module.model, module.guide, 2, *args)
@@ -121,13 +125,23 @@ def _check_sites(name: str, model, guide, num_data: int, batch_size: int) -> Non
                               f"add pyro.sample({site!r}, ...) to the guide")
     for program, trace in (("model", model), ("guide", guide)):
         for site_name, site in _sample_sites(trace).items():
-            stack = site["cond_indep_stack"]
-            if not any(frame.vectorized and (frame.full_size or frame.size) == num_data for frame in stack):
-                sizes = [frame.full_size or frame.size for frame in stack]
-                where = f"in plates of sizes {sizes}" if sizes else "outside every plate"
-                raise ConfigError(f"site {site_name!r} of {name}.{program} is {where}, not in the data plate of size "
-                                  f"num_data = {num_data}: sample it inside pyro.plate('data', num_data, "
-                                  "subsample=...) so that a minibatch is scaled to the data set")
+            sizes = [frame.full_size or frame.size for frame in site["cond_indep_stack"] if frame.vectorized]
+            if batch_size in sizes and num_data not in sizes:  # a plate of the batch, not of the data set
+                raise ConfigError(f"site {site_name!r} of {name}.{program} is in plates of sizes {sizes}, not in the "
+                                  f"data plate of size num_data = {num_data}: sample it inside pyro.plate('data', "
+                                  "num_data, subsample=...) so that a minibatch is scaled to the data set")
+
+
+def _check_global_sites(name: str, module: nn.Module, objective_name: str, model, guide, num_data: int) -> None:
+    """Refuse a site outside the data plate (a global latent) for an objective that cannot weigh it."""
+    if OBJECTIVES[objective_name].handles_global_latents:
+        return
+    for program, trace in (("model", model), ("guide", guide)):
+        for site_name, site in _sample_sites(trace).items():
+            if not any((frame.full_size or frame.size) == num_data for frame in site["cond_indep_stack"]):
+                raise ConfigError(f"site {site_name!r} of {name}.{program} is outside the data plate (a global "
+                                  f"latent variable), which the {objective_name} objective cannot weigh per "
+                                  f"datapoint: use --objective {' or '.join(suitable(module, True)[:3])}")
 
 
 def _check_log_density_dtypes(name: str, module: nn.Module, args: tuple, num_data: int, precision: str) -> None:
@@ -156,9 +170,9 @@ def _check_objective_assumptions(name: str, objective_name: str, model, guide, a
                 kl_divergence(site["fn"], prior)
             except NotImplementedError:
                 message = (f"the {objective_name} objective has no closed-form KL for site {site_name!r} "
-                           f"(q: {type(site['fn']).__name__}, p: {type(prior).__name__}) and would estimate it by "
-                           "Monte Carlo")
+                           f"(q: {type(site['fn']).__name__}, p: {type(prior).__name__})")
                 if not allow_mc_kl:
-                    raise ConfigError(f"{message}: use --objective trace, or --allow-mc-kl (allow_mc_kl=True) to "
-                                      "accept the estimate") from None
-                warnings.warn(message, RuntimeWarning, stacklevel=4)
+                    raise ConfigError(f"{message} and would estimate it by Monte Carlo: use --objective trace, or "
+                                      "--allow-mc-kl (allow_mc_kl=True) to accept the estimate") from None
+                warnings.warn(f"{message}: it estimates it by Monte Carlo, as allow_mc_kl allows", RuntimeWarning,
+                              stacklevel=4)

@@ -20,6 +20,16 @@ class                                   value per datapoint              gradien
 :class:`TraceGraphELBO`                 ELBO                             Pyro's TraceGraph_ELBO
 ======================================  ===============================  ========================================
 
+**Masks, scales, global latents.** Sites are scored as Pyro scores them (:mod:`pyro_vae.importance`),
+so with K = 1 every value here is Trace_ELBO's on the same draws. A site scaled besides its plates
+(``poutine.scale``) is refused, naming it, wherever K > 1 particles are weighed against each other.
+Sites outside the data plate (global latents) are counted once: :class:`StickingTheLandingELBO`
+draws them per particle (Trace_ELBO's ELBO); :class:`ImportanceWeightedELBO` and
+:class:`DoublyReparameterizedELBO` draw one for all particles and bound
+``log p(w) - log q(w) + (N/B) sum_x L_K(x | w)``, an ELBO over w of per-datapoint bounds given w
+(DReG weighs only the per-datapoint samples); :class:`TailAdaptiveELBO` refuses them
+(``docs/model_contract.md``).
+
 **Assumptions.** The guide's latent sites are reparameterized (``has_rsample``), which
 :class:`StickingTheLandingELBO` and :class:`DoublyReparameterizedELBO` check, and no guide
 site's distribution depends on another site's sample (the path-derivative estimators detach
@@ -41,7 +51,12 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO
 
 from .errors import ConfigError
-from .importance import importance_traces, latent_sites, log_importance_weights, trace_log_weights
+from .importance import LogDensity, data_frame, importance_traces, latent_sites, trace_log_weights
+
+
+#: What to do about a site scaled besides its plates, or outside the data plate, where an objective refuses it.
+SCALED_SITE_FIX = "use objective trace, meanfield or stl (StickingTheLandingELBO), or remove the poutine.scale"
+GLOBAL_SITE_FIX = "use objective trace, meanfield, stl, iwae or dreg"
 
 
 class ParticleELBO(ELBO):
@@ -59,10 +74,23 @@ class ParticleELBO(ELBO):
 
     _get_trace = Trace_ELBO._get_trace  # the traces of one particle, as Trace_ELBO samples them
 
-    def log_weights(self, model, guide, *args, path_derivative: bool = False, **kwargs) -> tuple[torch.Tensor, float]:
-        """Log weights ``(K, batch_size)`` of K fresh particles per datapoint, and the data plate's scale."""
-        return log_importance_weights(model, guide, self.num_particles, *args, max_plate_nesting=self.max_plate_nesting,
-                                      path_derivative=path_derivative, **kwargs)
+    def log_weights(self, model, guide, *args, path_derivative: bool = False, shared_globals: bool = False,
+                    **kwargs) -> LogDensity:
+        """The log weights of K fresh particles per datapoint (:class:`~pyro_vae.importance.LogDensity`)."""
+        traces = self.traces(model, guide, *args, shared_globals=shared_globals, **kwargs)
+        return trace_log_weights(*traces, path_derivative=path_derivative)
+
+    def traces(self, model, guide, *args, shared_globals: bool = False, **kwargs):
+        """Model and guide traces of K vectorized particles (:func:`~pyro_vae.importance.importance_traces`)."""
+        return importance_traces(model, guide, self.num_particles, *args, max_plate_nesting=self.max_plate_nesting,
+                                 shared_globals=shared_globals, **kwargs)
+
+    def weigh_particles(self, weights: LogDensity, what: str) -> torch.Tensor:
+        """``weights.local``, for ``what``, which weighs the K particles against each other: with K > 1
+        a site scaled besides its plates is refused (:meth:`~pyro_vae.importance.LogDensity.refuse_site_scales`)."""
+        if self.num_particles > 1:
+            weights.refuse_site_scales(what, SCALED_SITE_FIX)
+        return weights.local
 
     @abstractmethod
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -104,9 +132,10 @@ class ImportanceWeightedELBO(ParticleELBO):
         self.alpha = alpha
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_weight, scale = self.log_weights(model, guide, *args, **kwargs)
+        weights = self.log_weights(model, guide, *args, shared_globals=True, **kwargs)
+        log_weight = self.weigh_particles(weights, "the log-mean-exp of the importance-weighted bound")
         bound = _log_mean_exp((1.0 - self.alpha) * log_weight) / (1.0 - self.alpha)
-        return -scale * bound.sum()
+        return -weights.total(bound)
 
 
 class StickingTheLandingELBO(ParticleELBO):
@@ -124,8 +153,8 @@ class StickingTheLandingELBO(ParticleELBO):
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_weight, scale = self.log_weights(model, guide, *args, path_derivative=True, **kwargs)
-        return -scale * log_weight.mean(0).sum()
+        weights = self.log_weights(model, guide, *args, path_derivative=True, **kwargs)
+        return -weights.total(weights.local.mean(0))
 
 
 class DoublyReparameterizedELBO(ParticleELBO):
@@ -148,15 +177,15 @@ class DoublyReparameterizedELBO(ParticleELBO):
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        model_trace, guide_trace = importance_traces(model, guide, self.num_particles, *args,
-                                                     max_plate_nesting=self.max_plate_nesting, **kwargs)
-        log_weight, scale = trace_log_weights(model_trace, guide_trace, path_derivative=True)
+        model_trace, guide_trace = self.traces(model, guide, *args, shared_globals=True, **kwargs)
+        weights = trace_log_weights(model_trace, guide_trace, path_derivative=True)
+        log_weight = self.weigh_particles(weights, "the log-mean-exp of the importance-weighted bound")
         if log_weight.requires_grad:
             normalized = torch.softmax(log_weight.detach(), dim=0)
             for site in latent_sites(guide_trace):
-                if site["value"].requires_grad:
+                if site["value"].requires_grad and data_frame(site) is not None:
                     site["value"].register_hook(_weigh_gradient(normalized))
-        return -scale * _log_mean_exp(log_weight).sum()
+        return -weights.total(_log_mean_exp(log_weight))
 
 
 def _weigh_gradient(normalized: torch.Tensor):
@@ -199,10 +228,12 @@ class TailAdaptiveELBO(ParticleELBO):
         return gamma / gamma.sum(0)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_weight, scale = self.log_weights(model, guide, *args, **kwargs)
+        weights = self.log_weights(model, guide, *args, **kwargs)
+        weights.refuse_global_sites("the tail-adaptive objective", GLOBAL_SITE_FIX)
+        log_weight = self.weigh_particles(weights, "the tail-adaptive objective's ranks")
         surrogate = (self.particle_weights(log_weight) * log_weight).sum(0)
         elbo = log_weight.detach().mean(0)
-        return -scale * (elbo + surrogate - surrogate.detach()).sum()
+        return -weights.scale * (elbo + surrogate - surrogate.detach()).sum()
 
 
 class TraceGraphELBO(TraceGraph_ELBO):

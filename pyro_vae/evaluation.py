@@ -20,6 +20,16 @@ handlers give, without their overhead per chunk; a model that cannot be traced i
 eagerly after one warning. ``precision="bf16"`` computes the networks' matrix products in
 bfloat16 (:mod:`pyro_vae.precision`); the log weights and their log-sum-exp stay float32.
 
+**What is scored.** The model's own density, per datapoint (:data:`SCORING`, also in each
+:class:`Estimate`): each site's log-density with ``poutine.mask`` applied, as Pyro's
+:class:`~pyro.infer.Trace_ELBO` scores it, so a masked observation (a missing value) counts for
+nothing; a scale besides the plates' (a beta or a KL warm-up of ``poutine.scale``) left out, as it
+belongs to the objective, not to the model; the data plate's subsample scale divided out. So the
+ELBO of one draw is Trace_ELBO's value of that draw, over the number of datapoints, for the model
+without its ``poutine.scale``. Sites outside the data plate (global latents) are drawn from the guide once per particle and
+their own log-densities left out: the figures are those of each datapoint given them, the
+posterior predictive log p(x) = log E_q(w)[p(x|w)] of a Bayesian model (AEVB paper, Appendix F).
+
 Figures are averages over datapoints, in nats; the standard error is that of this average
 (the spread across datapoints, which includes the Monte-Carlo noise of each estimate). Two
 models evaluated on the same datapoints are compared by :func:`paired_difference`: the spread
@@ -41,6 +51,11 @@ from .importance import log_importance_weights
 from .tracing import for_replay, signature, trace
 
 DEFAULT_CHUNK_SIZE = 10_000
+_OWN_DENSITY = {"site_scales": False}  # keywords of log_importance_weights: the model without its poutine.scale
+#: How every figure here scores a model's sites (the module's docstring says why).
+SCORING = ("the model's own density per datapoint: site log-densities with poutine.mask applied as Trace_ELBO "
+           "applies it, poutine.scale besides the plates' left out, the data plate's subsample scale divided out; "
+           "sites outside the data plate drawn from the guide per particle, not scored")
 
 
 @dataclass
@@ -53,6 +68,8 @@ class Estimate:
     num_data: int
     #: The estimate of each datapoint, in order (not part of :meth:`as_dict`).
     values: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)
+    #: How the model's sites were scored (:data:`SCORING`).
+    scoring: str = field(default=SCORING, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         return {"mean": self.mean, "stderr": self.stderr, "num_particles": self.num_particles,
@@ -71,13 +88,15 @@ class _LogWeights:
     #: Chunks of one shape below which tracing (a few tenths of a second) does not pay.
     MIN_CHUNKS_TO_TRACE = 4
 
-    def __init__(self, model: Callable, guide: Callable, precision: str, trace_graphs: bool):
+    def __init__(self, model: Callable, guide: Callable, precision: str, trace_graphs: bool,
+                 options: Optional[dict] = None):
         self.model, self.guide, self.precision, self.trace_graphs = model, guide, precision, trace_graphs
+        self.options = options or {}  # keywords of log_importance_weights
         self.graphs: dict = {}
 
     def eager(self, num_particles: int, *rows: torch.Tensor) -> torch.Tensor:
         with precisions.autocast(self.precision, rows[0].device):
-            return log_importance_weights(self.model, self.guide, num_particles, *rows)[0]
+            return log_importance_weights(self.model, self.guide, num_particles, *rows, **self.options)[0]
 
     def __call__(self, num_particles: int, *rows: torch.Tensor) -> torch.Tensor:
         if not self.trace_graphs:
@@ -87,7 +106,7 @@ class _LogWeights:
             try:
                 self.graphs[key] = for_replay(trace(lambda *r: self.eager(num_particles, *r), *rows))
             except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
-                warnings.warn(f"evaluation: tracing failed ({type(error).__name__}: {first_line(error)[:200]}); "
+                warnings.warn(f"evaluation: tracing failed ({type(error).__name__}: {first_line(error)}); "
                               "running eagerly", RuntimeWarning, stacklevel=3)
                 self.trace_graphs = False
                 return self.eager(num_particles, *rows)
@@ -96,13 +115,17 @@ class _LogWeights:
 
 def _per_datapoint(model: Callable, guide: Callable, x: Data, num_particles: int,
                    reduce: Callable[[torch.Tensor], torch.Tensor], chunk_size: int, progress: bool,
-                   description: str, precision: str) -> torch.Tensor:
-    """Apply ``reduce`` (particles -> one value) to the log weights of every datapoint, in chunks."""
+                   description: str, precision: str, options: Optional[dict] = None,
+                   compile: str = "trace") -> torch.Tensor:
+    """Apply ``reduce`` (particles -> one value) to the log weights of every datapoint, in chunks;
+    ``options`` are keywords of :func:`~pyro_vae.importance.log_importance_weights`; with
+    ``compile="none"`` Pyro computes every chunk, else chunks are traced where there are many."""
     data = x if isinstance(x, tuple) else (x,)
     particles_per_chunk = max(1, min(num_particles, chunk_size))
     rows_per_chunk = max(1, chunk_size // particles_per_chunk)
     chunks = math.ceil(len(data[0]) / rows_per_chunk) * math.ceil(num_particles / particles_per_chunk)
-    log_weights = _LogWeights(model, guide, precision, chunks >= _LogWeights.MIN_CHUNKS_TO_TRACE)
+    log_weights = _LogWeights(model, guide, precision,
+                              compile != "none" and chunks >= _LogWeights.MIN_CHUNKS_TO_TRACE, options)
     results = []
     with tqdm(total=len(data[0]), desc=description, unit="datapoint", disable=not progress, leave=False) as bar, \
             torch.no_grad():
@@ -129,22 +152,27 @@ def paired_difference(a: Estimate, b: Estimate) -> Estimate:
 
 
 def elbo(model: Callable, guide: Callable, x: Data, num_particles: int = 1,
-         chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False, precision: str = "fp32") -> Estimate:
-    """The ELBO per datapoint, estimated with ``num_particles`` draws per datapoint."""
+         chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False, precision: str = "fp32",
+         compile: str = "trace") -> Estimate:
+    """The ELBO per datapoint, estimated with ``num_particles`` draws per datapoint and scored as
+    :data:`SCORING` says: with one draw, Trace_ELBO's value of that draw over the number of datapoints.
+    ``compile="none"`` (a run's ``--compile none``) evaluates every chunk eagerly."""
     values = _per_datapoint(model, guide, x, num_particles, lambda w: w.mean(0), chunk_size, progress, "ELBO",
-                            precision)
+                            precision, _OWN_DENSITY, compile)
     return _summary(values, num_particles)
 
 
 def log_likelihood(model: Callable, guide: Callable, x: Data, num_particles: int = 5000,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False, precision: str = "fp32") -> Estimate:
-    """The importance-sampled estimate of log p(x) per datapoint, with K = ``num_particles``."""
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False, precision: str = "fp32",
+                   compile: str = "trace") -> Estimate:
+    """The importance-sampled estimate of log p(x) per datapoint, with K = ``num_particles``, scored as
+    :data:`SCORING` says. ``compile="none"`` (a run's ``--compile none``) evaluates every chunk eagerly."""
     def log_mean_exp(log_weight: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(log_weight, 0) - math.log(num_particles)
 
     # Chunks over particles are combined exactly: logsumexp of a concatenation.
     values = _per_datapoint(model, guide, x, num_particles, log_mean_exp, chunk_size, progress,
-                            f"log p(x), K={num_particles}", precision)
+                            f"log p(x), K={num_particles}", precision, _OWN_DENSITY, compile)
     return _summary(values, num_particles)
 
 

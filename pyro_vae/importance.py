@@ -9,6 +9,17 @@ and the evaluation (:mod:`pyro_vae.evaluation`). It is computed for any model an
 as Pyro programs over one data plate, by tracing the guide under a plate of particles and
 replaying the model against it; nothing here knows a particular model's latent variables.
 
+**Sites are scored as Pyro scores them.** Each site's log-density is its ``log_prob`` after
+Pyro's ``scale_and_mask`` (``poutine.mask`` and ``poutine.scale`` applied, as in
+:class:`~pyro.infer.Trace_ELBO`). The data plate is the plate at dim ``-max_plate_nesting``;
+a datapoint's weight is the sum over the sites inside it, divided by that plate's subsample
+scale (``size / subsample_size``, read from its frame), which the objectives apply to the sum
+over datapoints. A site with any other scale (a beta, an annealing weight) counts that many
+times, so for K = 1 every objective's value is Trace_ELBO's; where particles are weighed
+against each other (a log-mean-exp, ranks) it is refused (:meth:`LogDensity.refuse_site_scales`).
+Sites outside the data plate (global latents, as in the AEVB paper's Appendix F) are summed
+apart, once, not once per datapoint (:attr:`LogDensity.global_`).
+
 **Path derivatives.** With ``path_derivative=True`` the guide's log-density is evaluated with
 its distributions' parameters detached: log q_{stop(phi)}(z_k|x). Its value is unchanged, but its
 gradient keeps only the path through the reparameterized sample z_k = z(eps_k, phi) and drops
@@ -21,29 +32,60 @@ where it does, detaching a site's parameters would also cut the path through the
 depends on.
 """
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import detach
+from pyro.distributions.util import detach, is_identically_one, scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
 from .errors import ConfigError
 
+#: The name of the plate of particles, left of the model's plates.
+PARTICLES = "particles"
 
-def importance_traces(model: Callable, guide: Callable, num_particles: int, *args,
-                      max_plate_nesting: int = 1, **kwargs) -> tuple[Trace, Trace]:
+
+class ParticlePlate(pyro.plate):
+    """K vectorized particles at dim ``-(max_plate_nesting + 1)``; with ``shared_globals`` the sites
+    outside the data plate are left out of it, so that the K particles share one draw of them."""
+
+    def __init__(self, num_particles: int, max_plate_nesting: int = 1, shared_globals: bool = False):
+        super().__init__(PARTICLES, num_particles, dim=-(max_plate_nesting + 1))
+        self.shared_globals = shared_globals
+
+    def _process_message(self, msg) -> None:
+        # The plates inside this one have put their frames on the site already.
+        if self.shared_globals and _data_frame(msg["cond_indep_stack"], self.dim + 1) is None:
+            return
+        super()._process_message(msg)
+
+
+def importance_traces(model: Callable, guide: Callable, num_particles: int, *args, max_plate_nesting: int = 1,
+                      shared_globals: bool = False, **kwargs) -> tuple[Trace, Trace]:
     """The model and guide traces of ``num_particles`` vectorized draws z_k ~ q(z|x).
 
-    The guide runs under a plate of particles at dim ``-(max_plate_nesting + 1)``, left of the
-    data plate, and the model is replayed against its samples.
+    The guide runs under a :class:`ParticlePlate` left of the data plate, and the model is replayed
+    against its samples. With ``shared_globals`` a site outside the data plate is drawn once for all
+    particles; otherwise once per particle, as Pyro's ``vectorize_particles`` draws it.
     """
-    with pyro.plate("particles", num_particles, dim=-(max_plate_nesting + 1)):
+    with ParticlePlate(num_particles, max_plate_nesting, shared_globals):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
+
+
+def _data_frame(stack, dim: int):
+    return next((frame for frame in stack if frame.vectorized and frame.dim == dim), None)
+
+
+def data_frame(site: dict):
+    """The frame of the data plate, right of the particles' plate, in a site's stack; ``None`` for a
+    site outside it (a global site)."""
+    particles = next((frame for frame in site["cond_indep_stack"] if frame.name == PARTICLES), None)
+    return None if particles is None else _data_frame(site["cond_indep_stack"], particles.dim + 1)
 
 
 def latent_sites(guide_trace: Trace) -> list[dict]:
@@ -52,55 +94,133 @@ def latent_sites(guide_trace: Trace) -> list[dict]:
             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
 
 
-def trace_log_weights(model_trace: Trace, guide_trace: Trace,
-                      path_derivative: bool = False) -> tuple[torch.Tensor, float]:
-    """``log p(x, z_k) - log q(z_k|x)`` of traces from :func:`importance_traces`, and the data plate's scale.
+def _scored_sites(trace: Trace) -> list[dict]:
+    return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
+
+
+@dataclass(frozen=True)
+class LogDensity:
+    """The log-density of a trace of K particles, as Pyro scores its sites, or a difference of two (log weights).
+
+    :param local: ``(K, B)``: each datapoint's sites (and the plates nested in the data plate) summed,
+        divided by the data plate's subsample scale; ``0.0`` if no site is inside the data plate.
+    :param global_: the sites outside the data plate, summed: ``(K,)`` drawn per particle, ``()``
+        shared by the particles, ``0.0`` if there are none.
+    :param scale: the data plate's subsample scale (``None`` if no site is inside it).
+    :param scaled_sites: the names of the sites inside the data plate with a scale besides their plates'.
+    :param global_sites: the names of the sites outside the data plate.
+    """
+
+    local: Union[torch.Tensor, float]
+    global_: Union[torch.Tensor, float]
+    scale: Optional[float]
+    scaled_sites: tuple = ()
+    global_sites: tuple = ()
+
+    def __sub__(self, other: "LogDensity") -> "LogDensity":
+        if self.scale is not None and other.scale is not None and self.scale != other.scale:
+            raise ConfigError(f"model and guide subsample their data plates differently (scales {self.scale} and "
+                              f"{other.scale}): use one pyro.plate('data', num_data, subsample=...) in both")
+        return LogDensity(self.local - other.local, self.global_ - other.global_,
+                          other.scale if self.scale is None else self.scale,
+                          tuple(dict.fromkeys(self.scaled_sites + other.scaled_sites)),
+                          tuple(dict.fromkeys(self.global_sites + other.global_sites)))
+
+    def total(self, per_datapoint: torch.Tensor) -> torch.Tensor:
+        """``scale * sum(per_datapoint) + global``, the global sites' term averaged over particles."""
+        total = self.scale * per_datapoint.sum()
+        return total + torch.as_tensor(self.global_).mean() if self.global_sites else total
+
+    def refuse_global_sites(self, what: str, fix: str) -> None:
+        """Refuse sites outside the data plate, which ``what`` (an estimate per datapoint) cannot weigh."""
+        if self.global_sites:
+            raise ConfigError(f"site {self.global_sites[0]!r} is outside the data plate (a global latent variable), "
+                              f"which {what} cannot weigh per datapoint: {fix}")
+
+    def refuse_site_scales(self, what: str, fix: str) -> None:
+        """Refuse a site scaled besides its plates (``poutine.scale``) in ``what``, an estimate that weighs
+        K > 1 particles against each other (a log-mean-exp, ranks), where such a scale has no agreed meaning."""
+        if self.scaled_sites:
+            raise ConfigError(f"site {self.scaled_sites[0]!r} has a scale besides its plates' (poutine.scale), "
+                              f"which has no agreed meaning inside {what}: {fix}")
+
+
+def _plate_scales(site: dict, data) -> tuple[float, float]:
+    """The product of all plates' subsample scales, multiplied in Pyro's order, and of those other than
+    the data plate's and the particles'."""
+    every, others = 1.0, 1.0
+    for frame in reversed(site["cond_indep_stack"]):  # innermost first, as Pyro applies them
+        if frame.vectorized:
+            every = every * (frame.full_size or frame.size) / frame.size
+            if frame is not data and frame.name != PARTICLES:
+                others = others * (frame.full_size or frame.size) / frame.size
+    return every, others
+
+
+def trace_log_density(trace: Trace, detach_parameters: bool = False, site_scales: bool = True) -> LogDensity:
+    """A trace's log-density as Pyro scores its sites (``log_prob`` after ``scale_and_mask``), split
+    into datapoints and global sites (see :class:`LogDensity` and the module's docstring).
+
+    With ``detach_parameters`` each site's distribution is evaluated with detached parameters; with
+    ``site_scales=False`` a scale besides the plates' (a beta) is left out: the model's own density.
+    """
+    trace.compute_log_prob()
+    local, global_, scale, scaled, global_sites = 0.0, 0.0, None, [], []
+    for site in _scored_sites(trace):
+        log_prob = detach(site["fn"]).log_prob(site["value"]) if detach_parameters else site["unscaled_log_prob"]
+        data = data_frame(site)
+        every, others = _plate_scales(site, data)
+        site_scale = site["scale"] / every if site_scales else 1.0  # 1.0 exactly unless poutine.scale is at work
+        log_prob = scale_and_mask(log_prob, site_scale * others, site["mask"])
+        if data is None:
+            global_sites.append(site["name"])
+            particles = any(frame.name == PARTICLES for frame in site["cond_indep_stack"])
+            global_ = global_ + (log_prob.reshape(log_prob.shape[0], -1).sum(-1) if particles else log_prob.sum())
+            continue
+        if not is_identically_one(site_scale):
+            scaled.append(site["name"])
+        scale = (data.full_size or data.size) / data.size
+        while log_prob.dim() > 2:  # plates nested inside the data plate
+            log_prob = log_prob.sum(-1)
+        local = local + log_prob
+    return LogDensity(local, global_, scale, tuple(scaled), tuple(global_sites))
+
+
+def trace_log_weights(model_trace: Trace, guide_trace: Trace, path_derivative: bool = False,
+                      site_scales: bool = True) -> LogDensity:
+    """``log p(x, z_k) - log q(z_k|x)`` of traces from :func:`importance_traces`.
 
     With ``path_derivative`` the guide's log-density is evaluated with detached distribution
-    parameters (see the module's docstring).
+    parameters (see the module's docstring); ``site_scales=False`` leaves out scales besides the plates'.
     """
     if path_derivative:
         for site in latent_sites(guide_trace):
             if not site["fn"].has_rsample:
                 raise ConfigError(f"path-derivative gradients need a reparameterized guide, but site "
                                   f"{site['name']!r} draws from {type(site['fn']).__name__}, which is not")
-    sites = [site for trace in (model_trace, guide_trace) for site in _scored_sites(trace)]
-    scale = float(sites[-1]["scale"]) if sites else 1.0
-    log_weight = trace_log_density(model_trace) - trace_log_density(guide_trace, detach_parameters=path_derivative)
-    return log_weight, scale
-
-
-def _scored_sites(trace: Trace) -> list[dict]:
-    return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
-
-
-def trace_log_density(trace: Trace, detach_parameters: bool = False) -> torch.Tensor:
-    """The unscaled log-density of a trace's sample sites, per particle and datapoint.
-
-    Log-densities of plates nested inside the data plate are summed into their datapoint. With
-    ``detach_parameters`` each site's distribution is evaluated with detached parameters.
-    """
-    trace.compute_log_prob()
-    total = 0.0
-    for site in _scored_sites(trace):
-        log_prob = detach(site["fn"]).log_prob(site["value"]) if detach_parameters else site["unscaled_log_prob"]
-        while log_prob.dim() > 2:  # plates nested inside the data plate
-            log_prob = log_prob.sum(-1)
-        total = total + log_prob
-    return total
+    weights = (trace_log_density(model_trace, site_scales=site_scales)
+               - trace_log_density(guide_trace, detach_parameters=path_derivative, site_scales=site_scales))
+    if weights.scale is None:
+        raise ConfigError("no sample site is inside the data plate, right of the particles: put the observations "
+                          "in pyro.plate('data', num_data, subsample=...) at dim -max_plate_nesting")
+    return weights
 
 
 def log_importance_weights(model: Callable, guide: Callable, num_particles: int, *args,
                            max_plate_nesting: int = 1, path_derivative: bool = False,
-                           **kwargs) -> tuple[torch.Tensor, float]:
+                           site_scales: bool = True, **kwargs) -> tuple[torch.Tensor, float]:
     """``log p(x, z_k) - log q(z_k|x)`` of shape ``(num_particles, batch_size)``, and the data plate's scale.
 
-    ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)`` must put every sample site inside
-    the data plate (dim -1 when ``max_plate_nesting`` is 1); log-densities of plates nested
-    inside it are summed. The weights are unscaled; the scale is the data plate's subsample
-    scale (``num_data / batch_size``, 1 without subsampling). Gradients flow through the weights
-    when the guide is reparameterized and the caller has not disabled them; with
-    ``path_derivative`` only through the samples (see the module's docstring).
+    The data plate is the plate at dim ``-max_plate_nesting`` (dim -1 when it is 1); log-densities
+    of plates nested inside it are summed. Sites are scored as Pyro scores them (masks and
+    ``poutine.scale`` applied), per datapoint: the data plate's subsample scale
+    (``num_data / batch_size``, 1 without subsampling) is returned, not applied. Sites outside the
+    data plate (global latents) are drawn once per particle and their own log-densities left out:
+    the weight is that of the datapoint given them. ``site_scales=False`` leaves out a site's scale
+    besides its plates' (a beta): the weights of the model's own density. Gradients flow through the weights when the guide is reparameterized
+    and the caller has not disabled them; with ``path_derivative`` only through the samples (see
+    the module's docstring).
     """
     traces = importance_traces(model, guide, num_particles, *args, max_plate_nesting=max_plate_nesting, **kwargs)
-    return trace_log_weights(*traces, path_derivative=path_derivative)
+    weights = trace_log_weights(*traces, path_derivative=path_derivative, site_scales=site_scales)
+    return weights.local, weights.scale

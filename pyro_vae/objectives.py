@@ -51,7 +51,9 @@ Particles are vectorized, so the model and guide must allow one extra batch dime
 left of their plates (``max_plate_nesting`` says how many plates they use; the models here use
 one, the data plate). Every objective honours the data plate's subsample scale, so a minibatch
 loss estimates the full-data loss: divide it by the size of the data set for a figure per
-datapoint.
+datapoint. Masks, ``poutine.scale`` and sites outside the data plate (global latents) are
+scored as Pyro scores them; those that weigh each datapoint's particles apart refuse global
+latents (:attr:`Objective.handles_global_latents`); ``docs/model_contract.md`` says what each computes.
 
 ``meanfield`` is correct when the guide factorises like the model (Pyro's mean-field condition:
 no latent variable's parents in the model are its descendants in the guide); for the
@@ -104,6 +106,8 @@ class Objective:
         others also handle discrete latent variables.
     :param analytic_kl: computes KL(q || p) per site in closed form where one exists (Pyro's
         :class:`~pyro.infer.TraceMeanField_ELBO`), which is what ``meanfield`` adds to ``trace``.
+    :param handles_global_latents: takes sample sites outside the data plate (global latent
+        variables); the others weigh each datapoint's particles apart and refuse them.
     """
 
     name: str
@@ -114,6 +118,7 @@ class Objective:
     needs_mean_field_guide: bool = False
     needs_reparameterized_guide: bool = True
     analytic_kl: bool = False
+    handles_global_latents: bool = True
 
     def __post_init__(self):
         if not 1 <= self.least_particles <= self.default_particles:
@@ -178,7 +183,7 @@ register(Objective(
 register(Objective(
     "tail-adaptive", lambda k, n: TailAdaptiveELBO(k, max_plate_nesting=n),
     "the tail-adaptive f-divergence gradient (Wang et al. 2018), per datapoint", default_particles=5,
-    least_particles=2))
+    least_particles=2, handles_global_latents=False))
 
 
 def make_objective(name: str, num_particles: int = 0, max_plate_nesting: int = 1) -> ELBO:
@@ -213,11 +218,22 @@ def check_objective(name: str, model) -> None:
     model_name = type(model).__name__
     if objective.needs_mean_field_guide and not getattr(model, "mean_field_guide", True):
         raise ConfigError(f"the {name} objective assumes a mean-field guide, which {model_name} does not have: "
-                          "use --objective trace (or tracegraph, iwae)")
+                          f"use --objective {' or '.join(suitable(model)[:3])}")
     if objective.needs_reparameterized_guide and not getattr(model, "reparameterized_guide", True):
         allowed = [other.name for other in OBJECTIVES.values() if other.handles_discrete]
         raise ConfigError(f"{model_name} has discrete latent variables, which the {name} objective cannot "
                           f"handle: use --objective {' or '.join(allowed[::-1])}")
+
+
+def suitable(model, global_latents: bool = False) -> list[str]:
+    """The objectives, in :data:`OBJECTIVES`' order, whose requirements ``model``'s declarations meet
+    (see :func:`check_objective`); with ``global_latents`` only those that handle them."""
+    mean_field = getattr(model, "mean_field_guide", True)
+    reparameterized = getattr(model, "reparameterized_guide", True)
+    return [objective.name for objective in OBJECTIVES.values()
+            if (mean_field or not objective.needs_mean_field_guide)
+            and (reparameterized or not objective.needs_reparameterized_guide)
+            and (objective.handles_global_latents or not global_latents)]
 
 
 def _record(name: str) -> Objective:

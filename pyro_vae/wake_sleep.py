@@ -45,7 +45,9 @@ phase follows the gradient of that bound: wake-sleep optimises no single objecti
 Assumptions (the same as :func:`pyro_vae.importance.log_importance_weights`): every sample site of
 model and guide lies inside the data plate (the outermost ``max_plate_nesting`` dims are plates; the
 particles add one more on their left), and latent sites of the guide are matched by name in the
-model. The sleep phase also needs to know where the data enter: the model must have exactly one
+model. Sites are scored as Pyro scores them (masks and ``poutine.scale`` applied); a site outside
+the data plate, or, with K > 1, one scaled besides its plates, is refused in one line at the first
+call, as the per-datapoint weights have no meaning for it. The sleep phase also needs to know where the data enter: the model must have exactly one
 observed site, and the first positional argument of model and guide must be the data observed there
 (``model(x, ...)``, ``guide(x, ...)``, as :class:`pyro_vae.models.VAE`); the dream replaces it.
 Dreams are drawn by running the model under :func:`pyro.poutine.uncondition`, one per datapoint
@@ -54,28 +56,19 @@ of the minibatch.
 
 import math
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer.enum import get_importance_trace
 
 from .errors import ConfigError
-from .estimators import ParticleELBO
-from .importance import trace_log_density
+from .estimators import GLOBAL_SITE_FIX, ParticleELBO
+from .importance import ParticlePlate, trace_log_density
 from .objectives import Objective, register
 
 
 def _gradient_only(term: torch.Tensor) -> torch.Tensor:
     """Zero in value, ``term``'s gradient in gradient."""
     return term - term.detach()
-
-
-def _data_scale(trace: pyro.poutine.Trace) -> float:
-    """The subsample scale (N/B) of the sample sites of a trace (1 without subsampling)."""
-    scales = {float(site["scale"]) for site in trace.nodes.values() if site["type"] == "sample"}
-    if len(scales) != 1:
-        raise ConfigError(f"wake-sleep needs every sample site inside one data plate, found scales {sorted(scales)}")
-    return scales.pop()
 
 
 class ReweightedWakeSleep(ParticleELBO):
@@ -103,7 +96,7 @@ class ReweightedWakeSleep(ParticleELBO):
 
     def _particles(self, fn):
         """``fn`` inside a plate of ``num_particles`` vectorized particles, left of the model's plates."""
-        return pyro.plate("particles", self.num_particles, dim=-(self.max_plate_nesting + 1))(fn)
+        return ParticlePlate(self.num_particles, self.max_plate_nesting)(fn)
 
     def _get_trace(self, model, guide, args, kwargs):
         """The guide's trace with its samples detached, and the model's trace replayed against it
@@ -120,13 +113,14 @@ class ReweightedWakeSleep(ParticleELBO):
         """
         # The plate wraps model and guide inside the trace and replay handlers, as in Pyro's ELBOs.
         model_trace, guide_trace = self._get_trace(self._particles(model), self._particles(guide), args, kwargs)
-        log_p = trace_log_density(model_trace)
-        log_q = trace_log_density(guide_trace)
-        scale = _data_scale(model_trace)
-        log_weight = log_p - log_q.detach()
+        log_p, log_q = trace_log_density(model_trace), trace_log_density(guide_trace)
+        weights = log_p - log_q
+        weights.refuse_global_sites("wake-sleep", GLOBAL_SITE_FIX)
+        self.weigh_particles(weights, "reweighted wake-sleep's normalised weights")
+        log_weight = log_p.local - log_q.local.detach()
         bound = torch.logsumexp(log_weight, 0) - math.log(self.num_particles)
         normalised = torch.softmax(log_weight.detach(), 0)
-        return -scale * bound.sum(), -scale * (normalised * log_q).sum()
+        return -weights.scale * bound.sum(), -weights.scale * (normalised * log_q.local).sum()
 
     def sleep(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The sleep phase's loss ``-(N/B) sum log q(z|x)`` over B dreams (z, x) ~ p(z) p(x|z).
@@ -169,9 +163,9 @@ class WakeSleep(ReweightedWakeSleep):
 
 register(Objective(
     "wake-sleep", lambda k, n: WakeSleep(k, max_plate_nesting=n),
-    "wake-sleep (Hinton et al. 1995)"))
+    "wake-sleep (Hinton et al. 1995)", handles_global_latents=False))
 # Bornschein & Bengio's K = 5; q-wake needs K >= 2.
 register(Objective(
     "rws", lambda k, n: ReweightedWakeSleep(k, insomnia=1.0, max_plate_nesting=n),
     "reweighted wake-sleep (Bornschein & Bengio 2015) with per-datapoint weights", default_particles=5,
-    least_particles=2))
+    least_particles=2, handles_global_latents=False))

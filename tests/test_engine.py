@@ -218,7 +218,9 @@ class NoNumData(Broken):
 @pytest.mark.parametrize("module, settings, message", [
     (NoNumData(""), {}, "does not take the keyword num_data"),
     (Broken("ignores num_data"), {}, "site 'z' of Broken.model is in plates of sizes [2], not in the data plate"),
-    (Broken("global latent"), {}, "site 'w' of Broken.model is outside every plate"),
+    (Broken("global latent"), {"objective": "rws"}, "site 'w' of Broken.model is outside the data plate (a global "
+     "latent variable), which the rws objective cannot weigh per datapoint: use --objective trace or meanfield"),
+    (Broken("global latent"), {"objective": "stl"}, None),
     (Broken("extra guide latent"), {}, "site 'v' is sampled in Broken.guide but not in the model"),
     (Broken("extra model latent"), {}, "site 'u' is a latent variable of Broken.model with no counterpart"),
     (Broken(""), {"objective": "dreg"}, None),

@@ -58,7 +58,7 @@ def test_chunks_over_particles_and_datapoints_combine_exactly(monkeypatch, chunk
     num_particles, table = 12, torch.randn(12, 5, dtype=torch.float64)
     used = {}
 
-    def preset_weights(model, guide, k, rows):
+    def preset_weights(model, guide, k, rows, **options):
         index = rows[:, 0].long()
         start = used.get(tuple(index.tolist()), 0)
         used[tuple(index.tolist())] = start + k

@@ -32,7 +32,8 @@ def test_log_weights_sum_the_plates_nested_in_the_data_plate():
             pyro.sample("z", dist.Normal(x.mean(-1, keepdim=True), 0.5))
 
     model_trace, guide_trace = importance_traces(model, guide, 4, x, max_plate_nesting=2)
-    log_weight, scale = trace_log_weights(model_trace, guide_trace)
+    weights = trace_log_weights(model_trace, guide_trace)
+    log_weight, scale = weights.local, weights.scale
     z = guide_trace.nodes["z"]["value"].squeeze(-1)  # (K, B)
     assert log_weight.shape == (4, 2) and scale == 1.0
 
@@ -73,7 +74,7 @@ def test_chunked_log_likelihood_draws_exactly_k_particles(num_particles, chunk_s
 def test_standard_error_is_the_sample_deviation_over_root_n(monkeypatch):
     values = [3.0, -1.0, 4.0, 1.5, -5.0, 9.0, 2.0]
     monkeypatch.setattr(evaluation, "log_importance_weights",
-                        lambda model, guide, k, rows: (rows.T.repeat(k, 1), 1.0))
+                        lambda model, guide, k, rows, **options: (rows.T.repeat(k, 1), 1.0))
     estimate = evaluation.elbo(None, None, torch.tensor(values, dtype=torch.float64)[:, None], num_particles=1)
     assert estimate.mean == pytest.approx(statistics.fmean(values), rel=1e-12)
     assert estimate.stderr == pytest.approx(statistics.stdev(values) / math.sqrt(len(values)), rel=1e-12)
