@@ -245,7 +245,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     import pyro
     import torch
 
-    from . import evaluation
+    from . import evaluation, param_sites
     from .checkpoint import write_json
     from .config import resolve_device
     from .engine import inputs
@@ -255,9 +255,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     check_precision(args.precision, device)
     model, config, checkpoint = load_run(args.run_dir, args.device, args.data_dir)
+    model = param_sites.served(model)  # its own pyro.param sites, whatever another run put in the store
     data = load_evaluation_data(config, checkpoint, device)
     if args.compare is not None:  # checked before any work
         other, other_config, other_checkpoint = load_run(args.compare, args.device, args.data_dir)
+        other = param_sites.served(other)
         other_data = load_evaluation_data(other_config, other_checkpoint, device)
         if other_data.test.shape != data.test.shape or not torch.equal(other_data.test, data.test):
             raise ConfigError(f"--compare {args.compare}: its test images differ from {args.run_dir}'s "
@@ -269,8 +271,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     rng_state = pyro.util.get_rng_state()  # to give a compared run the same draws for log p(x)
     test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet,
                                         precision=args.precision)
-    result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "seed": args.seed,
-              "precision": args.precision}
+    result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "scoring": test_ll.scoring,
+              "seed": args.seed, "precision": args.precision}
     summary = {"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}
     print(f"test ELBO      {test_elbo}")
     print(f"test log p(x)  {test_ll}")

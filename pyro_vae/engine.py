@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, evaluation, plots, recipes, rundir
+from . import distributed, evaluation, param_sites, plots, recipes, rundir
 from .checkpoint import save_checkpoint, write_json
 from .config import TrainConfig, resolve_device
 from .contract import check_model
@@ -277,8 +277,11 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
     probe_x, probe_y, part_size = parts[0][0][:2], None if parts[0][1] is None else parts[0][1][:2], parts[0][2]
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         # The check draws from its own stream: training draws what it would draw without it.
-        check_model(model, inputs(model, binarize_once(probe_x) if dynamic else probe_x, probe_y), config.objective,
-                    objective, part_size, allow_mc_kl=config.allow_mc_kl, precision=config.precision)
+        probe = inputs(model, binarize_once(probe_x) if dynamic else probe_x, probe_y)
+        check_model(model, probe, config.objective, objective, part_size, allow_mc_kl=config.allow_mc_kl,
+                    precision=config.precision)
+        param_sites.adopt(model, probe, {"num_data": part_size})  # pyro.param sites, trained as SVI trains them
+    scored = param_sites.served(model)  # what the step and the evaluations run
     optimizer = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr,
                                config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -289,7 +292,7 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
     # "auto" compiles by the run's length; Pyro's JIT objectives are compiled by TorchScript already.
     compile_mode = "none" if config.compile == "auto" and config.objective.startswith("jit") \
         else choose_compile(config.compile, config.epochs * steps_per_epoch)
-    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(model, objective, config.precision), device), optimizer,
+    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(scored, objective, config.precision), device), optimizer,
                            config.clip_grad_norm, compile=compile_mode)
     model_recipe = recipes.recipe_of(model, model_recipe)
     history: list[dict] = []
@@ -388,8 +391,8 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
             evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
             if processes.main and evaluated:
                 record = {"epoch": epoch, "samples_seen": samples_seen,
-                          **evaluate(model, train_eval, "train", config.precision),
-                          **evaluate(model, (data.test, data.test_labels), "test", config.precision),
+                          **evaluate(scored, train_eval, "train", config.precision),
+                          **evaluate(scored, (data.test, data.test_labels), "test", config.precision),
                           "seconds": time.perf_counter() - start_time}
                 history.append(record)
                 bar.set_postfix(epoch=epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
@@ -400,17 +403,20 @@ def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe:
             if stop:
                 raise _interrupted(stop, out, f"the end of epoch {epoch}")
     training_seconds = time.perf_counter() - start_time
+    if hasattr(model, param_sites.ATTRIBUTE):
+        model.pyro_params.install()  # in Pyro's param store, as SVI leaves them
     if not processes.main:
         return Run(model, config, data, history, {}, out)
 
     with validation(config.validate):
-        test_ll = evaluation.log_likelihood(model.model, model.guide, inputs(model, data.test, data.test_labels),
+        test_ll = evaluation.log_likelihood(scored.model, scored.guide, inputs(model, data.test, data.test_labels),
                                             config.eval_particles, progress=progress, precision=config.precision)
     final = {key: value for key, value in history[-1].items() if key.startswith(("train_", "test_"))}
     skipped = plots.draw_run_pictures(model, data, history, out, inputs(model, data.test[:10],
                                       None if data.test_labels is None else data.test_labels[:10]))
     metrics = {**final, "test_log_likelihood": test_ll.mean, "test_log_likelihood_stderr": test_ll.stderr,
-               "test_log_likelihood_particles": test_ll.num_particles, "samples_seen": samples_seen,
+               "test_log_likelihood_particles": test_ll.num_particles, "scoring": test_ll.scoring,
+               "samples_seen": samples_seen,
                "seconds": training_seconds, "seconds_per_epoch": training_seconds / config.epochs,
                "pictures_skipped": skipped, "config": asdict(config), "recipe": model_recipe,
                "environment": {**environment(device), "training_step": step_fn.mode}}

@@ -18,7 +18,7 @@ import pyro
 import torch
 from torch import nn
 
-from . import engine, recipes, trust
+from . import engine, param_sites, recipes, trust
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, resolve_device
 from .datasets import ImageData, load_dataset
@@ -133,11 +133,14 @@ def load_run(run_dir, device: str = "cpu", data_dir: Optional[str] = None, model
         config.data_dir = data_dir
     config.device = device
     module = rebuild(checkpoint, run_dir, model, trust_recipe)
+    param_sites.restore(module, checkpoint["model"])
     try:
         module.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{run_dir}: the checkpoint's weights do not fit the model "
                               f"({first_line(error)}): pass the model the run was trained with") from None
+    if hasattr(module, param_sites.ATTRIBUTE):
+        module.pyro_params.install()  # in Pyro's param store, where SVI would have left them
     return module.to(resolve_device(device)), config, checkpoint
 
 

@@ -55,3 +55,31 @@ class PlainVAE(PyroModule):
 
 def plain_vae(data_dim: int, latent_dim: int = 2) -> PlainVAE:
     return PlainVAE(data_dim, latent_dim)
+
+
+class ParamSiteVAE(nn.Module):
+    """A VAE whose prior scale and guide's scale floor are ``pyro.param`` sites, as in Pyro's tutorials."""
+
+    def __init__(self, data_dim: int, latent_dim: int = 2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 16), nn.Tanh(), nn.Linear(16, data_dim))
+        self.encoder = nn.Sequential(nn.Linear(data_dim, 16), nn.Tanh(), nn.Linear(16, 2 * latent_dim))
+
+    def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
+        pyro.module("decoder", self.decoder)
+        prior_scale = pyro.param("prior_scale", torch.ones(self.latent_dim), constraint=dist.constraints.positive)
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), prior_scale).to_event(1))
+            pyro.sample("x", dist.Normal(torch.sigmoid(self.decoder(z)), 0.1).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
+        pyro.module("encoder", self.encoder)
+        floor = pyro.param("guide.scale_floor", torch.tensor(0.05), constraint=dist.constraints.interval(0.0, 0.5))
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            loc, raw = self.encoder(x).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + floor).to_event(1))
+
+
+def param_site_vae(data_dim: int, latent_dim: int = 2) -> ParamSiteVAE:
+    return ParamSiteVAE(data_dim, latent_dim)
