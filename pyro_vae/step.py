@@ -19,9 +19,9 @@ programs, run once by Pyro's own handlers while tracing.
 * ``"trace"`` replays the traced graph: no Pyro overhead and no host sync per step, the same
   random draws and the same parameters as the eager step for the same seed (tested). Where MKL
   is the slower BLAS (non-Intel x86 CPUs, :func:`pyro_vae.tracing.onednn_pays`) its large float32
-  products run in oneDNN, equal to the eager step's up to rounding. On CUDA,
-  with the update in the graph, the replay is a CUDA graph (:class:`CUDAGraphReplay`): one
-  launch per step instead of one per kernel.
+  products run in oneDNN, equal to the eager step's up to rounding. On CUDA, with the update in
+  the graph and ``cuda_graphs=True`` (off by default until it has run on a GPU), the replay is a
+  CUDA graph (:class:`CUDAGraphReplay`): one launch per step instead of one per kernel.
 * ``"inductor"`` compiles the traced graph with TorchInductor, which fuses the elementwise work
   around the matrix products (C++ on the CPU, Triton on CUDA). The first step of each batch shape
   compiles (tens of seconds on a CPU; cached on disk after). Random draws come from Inductor's
@@ -30,15 +30,28 @@ programs, run once by Pyro's own handlers while tracing.
 
 Under DDP, with Inductor, or with an optimizer that has no fused kernel, the graph stops at the
 gradients: the step all-reduces them under DDP (DDP's hooks do not run on a traced gradient) and
-the optimizer's fused kernel runs after the graph. A step that cannot be traced (data-dependent control flow, ``.item()`` in a model)
-falls back to the eager step with a warning. Why not :func:`torch.compile` of the eager loss
-directly: Dynamo breaks the graph inside Pyro's handlers (17 breaks for ``meanfield`` in PyTorch
-2.x, at ``pyro/poutine/subsample_messenger.py``, "TypedDict with optional keys").
+the optimizer's fused kernel runs after the graph.
+
+A compiled step keeps the eager step's semantics or runs eagerly, saying why in one warning: where
+it cannot be traced (data-dependent control flow, ``.item()`` in a model); where the first step of
+a graph does not give the eager step's loss on the same draws; where model or guide change their
+own plain Python state as they run (``self.calls += 1``). Plain Python state that outside code
+changes between steps (a KL weight ``self.beta`` set by a callback) is part of a graph's key: the
+step is traced again, or, where it changes within :data:`RETRACE_MIN_STEPS` steps of a trace, runs
+eagerly. State outside the model's modules (globals, the objective's attributes) is not seen
+(:mod:`pyro_vae.tracing`). ``validate=True`` (Pyro's checks at every step) runs eagerly.
+
+Why not :func:`torch.compile` of the eager loss directly: Dynamo breaks the graph inside Pyro's
+handlers (17 breaks for ``meanfield`` in PyTorch 2.x, at ``pyro/poutine/subsample_messenger.py``,
+"TypedDict with optional keys").
 """
 
+import contextlib
+import re
 import warnings
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, NoReturn, Optional, Sequence
 
+import pyro
 import torch
 from pyro.infer import ELBO
 from torch import nn
@@ -47,7 +60,8 @@ from torch.optim.adam import adam as adam_update
 
 from . import precision as precisions
 from .errors import first_line
-from .tracing import compile_graph, flatten, for_replay, signature, trace
+from .tracing import (changed, compile_graph, flatten, for_replay, python_state, python_state_kept, signature, trace,
+                      traceable)
 
 Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 
@@ -58,6 +72,10 @@ COMPILE_MODES = ("auto", "none", "trace", "inductor")
 #: MNIST step in 17-28 s without a disk cache and saves 0.26-0.64 ms of a 4.9-5.4 ms step, so it
 #: pays after 27,000-110,000 steps.
 INDUCTOR_MIN_STEPS = 60_000
+#: A compiled step whose Python state (a KL weight on the model) changes again within this many steps
+#: of its latest trace runs eagerly from then on: a trace of the MNIST step costs about as much as
+#: this many steps save (``docs/speed.md``).
+RETRACE_MIN_STEPS = 100
 
 
 def choose_compile(compile: str, steps: int) -> str:
@@ -125,14 +143,19 @@ _FUSED_UPDATES = {
     torch.optim.Adam: (("exp_avg", "exp_avg_sq", "step"), lambda params, grads, states, group: adam_update(
         params, grads, states[0], states[1], [], states[2], foreach=False, capturable=group["capturable"],
         differentiable=False, fused=True, grad_scale=None, found_inf=None, has_complex=False,
-        decoupled_weight_decay=group.get("decoupled_weight_decay", False), amsgrad=False, beta1=group["betas"][0],
+        amsgrad=False, beta1=group["betas"][0],
         beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-        maximize=group["maximize"])),
+        maximize=group["maximize"], **_decoupled(group))),
     torch.optim.Adagrad: (("sum", "step"), lambda params, grads, states, group: adagrad_update(
         params, grads, states[0], states[1], fused=True, grad_scale=None, found_inf=None, has_sparse_grad=False,
         foreach=False, differentiable=False, has_complex=False, lr=group["lr"], weight_decay=group["weight_decay"],
         lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])),
 }
+
+
+def _decoupled(group: dict) -> dict:
+    """Adam's ``decoupled_weight_decay`` (AdamW's rule) where this PyTorch's Adam has the option."""
+    return {"decoupled_weight_decay": group["decoupled_weight_decay"]} if "decoupled_weight_decay" in group else {}
 
 
 def fused_update(optimizer: torch.optim.Optimizer) -> Optional[tuple]:
@@ -212,16 +235,22 @@ class CompiledStep:
         ``(loss, gradients)`` for the caller to apply.
     :param clip_grad_norm: with the update in the graph, the gradient's total norm is clipped there.
     :param cuda_graphs: replay the step as a CUDA graph where it can be (:class:`CUDAGraphReplay`:
-        the update in a ``"trace"`` graph, parameters on CUDA).
+        the update in a ``"trace"`` graph, parameters on CUDA). Off by default: it has not yet run
+        on a GPU (``docs/speed.md``).
 
     Calling it returns ``(loss, finite)`` with the update inside, else ``(loss, gradients)``.
     Graphs are cached by the shapes, dtypes and devices of the batch tensors, the non-tensor
-    arguments, ``num_data``, the module's training flag and the optimizer's options.
-    :attr:`fallback_reason` is set when tracing (or Inductor) fails.
+    arguments, ``num_data``, the module's training flag, the optimizer's options and the plain
+    Python state of the module tree (:func:`pyro_vae.tracing.python_state`). The first step of each
+    graph is checked against the eager step's loss on the same draws. The step runs eagerly from
+    then on, after one warning, where it cannot be traced, where that check fails, where model or
+    guide change their own Python state as they run (a counter), or where that state changes
+    again within :data:`RETRACE_MIN_STEPS` steps of a trace (a KL weight set at every step);
+    :attr:`fallback_reason` says why.
     """
 
     def __init__(self, loss: ObjectiveLoss, backend: str = "inductor", optimizer: Optional[torch.optim.Optimizer] = None,
-                 clip_grad_norm: Optional[float] = None, cuda_graphs: bool = True):
+                 clip_grad_norm: Optional[float] = None, cuda_graphs: bool = False):
         if backend not in ("trace", "inductor"):
             raise ValueError(f"unknown backend {backend!r}: choose trace or inductor")
         self.loss = loss
@@ -240,6 +269,8 @@ class CompiledStep:
             _initial_state(self.optimizer)
         self.cuda_graphs = cuda_graphs and self.updates and all(p.is_cuda for p in self.parameters)
         self.graphs: dict = {}
+        self.steps = 0
+        self.traced_at: dict = {}  # per key less the Python state: the step of its latest trace
         self.fallback_reason: Optional[str] = None
 
     @property
@@ -270,8 +301,8 @@ class CompiledStep:
             buffers = inputs[num_params:num_params + num_buffers]
             states = inputs[num_params + num_buffers:num_params + num_buffers + num_states]
             substitutes = {**dict(zip(self.names, params)), **dict(zip(self.buffer_names, buffers)), **self.frozen}
-            with torch.nn.utils.stateless._reparametrize_module(self.loss, substitutes):
-                loss = self.loss(rebuild(inputs[num_params + num_buffers + num_states:]))
+            loss = torch.func.functional_call(self.loss, substitutes, (rebuild(inputs[num_params + num_buffers
+                                                                                      + num_states:]),))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             if not self.updates:
                 return (loss.detach(), *[torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
@@ -298,50 +329,122 @@ class CompiledStep:
         inputs = [p.detach().clone().requires_grad_() for p in self.parameters] \
             + [b for _, b in self.loss.named_buffers()] \
             + [t.clone() for t in (self._states() if self.updates else [])] + data
-        graph = trace(step, *inputs)
-        if self.backend == "inductor":
-            return compile_graph(graph)
-        graph = for_replay(graph)
-        return CUDAGraphReplay(graph, len(inputs) - len(data)) if self.cuda_graphs else graph
+        return trace(step, *inputs)
 
     def _key(self, batches: Sequence[Batch]) -> tuple:
         options = tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params"))
                         for group in self.optimizer.param_groups) if self.updates else ()
-        return signature(list(batches)), self.loss.training, options
+        return signature(list(batches)), self.loss.training, options, tuple(python_state(self.loss).items())
+
+    def _new_graph(self, key: tuple, batches: Sequence[Batch]):
+        """The graph of a step not traced before: traced, checked against the eager step, made
+        ready for its backend. Raises :class:`_Untraceable`, after one warning, for an eager step."""
+        self._drop_stale_graphs(key)
+        try:
+            with python_state_kept(self.loss) as side_effects:  # the trace run leaves them as they were
+                graph = self._trace(batches)
+        except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
+            self._run_eagerly(f"tracing failed ({type(error).__name__}: {_first_sentence(error)})", error)
+        if side_effects:
+            self._run_eagerly(f"the model changed {_listed(side_effects)} as it ran, which a traced graph does not "
+                              "replay")
+        if self.backend == "trace":
+            graph = for_replay(graph)
+        mismatch = self._eager_mismatch(graph, batches)
+        if mismatch:
+            self._run_eagerly(mismatch)
+        if self.backend == "inductor":
+            return compile_graph(graph)
+        return CUDAGraphReplay(graph, len(self._inputs(batches)) - len(flatten(batches)[0])) \
+            if self.cuda_graphs else graph
+
+    def _drop_stale_graphs(self, key: tuple) -> None:
+        """Forget the graphs traced for other Python state of the module tree; if that state changed
+        soon after the latest trace, re-tracing does not pay: raise :class:`_Untraceable`."""
+        base = key[:-1]
+        stale = [k for k in self.graphs if k[:-1] == base]
+        since = self.steps - self.traced_at.get(base, self.steps)
+        self.traced_at[base] = self.steps
+        if not stale:
+            return
+        names = _listed(changed(dict(stale[-1][-1]), dict(key[-1])))
+        for k in stale:
+            del self.graphs[k]
+        if since < RETRACE_MIN_STEPS:
+            self._run_eagerly(f"{names} changed {since} step{'' if since == 1 else 's'} after the step was traced, "
+                              f"too often for tracing to pay (a trace pays after about {RETRACE_MIN_STEPS} steps)")
+
+    def _eager_mismatch(self, graph: torch.fx.GraphModule, batches: Sequence[Batch]) -> Optional[str]:
+        """Why the graph's loss departs from the eager loss on the same random draws, or None.
+
+        Both run from the current random state and leave it as it was; the graph runs on copies of
+        parameters, buffers and optimizer state, so nothing is updated. Pyro runs the eager loss as
+        it ran while tracing (:func:`pyro_vae.tracing.traceable`: no host reads, no validation),
+        which changes no value. One host read per graph.
+        """
+        devices = sorted({p.device.index or 0 for p in self.parameters if p.is_cuda})
+        with torch.random.fork_rng(devices=devices), traceable():
+            eager = self.loss(batches).detach()
+        inputs = self._inputs(batches)
+        num_static = len(inputs) - len(flatten(batches)[0])
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            traced = graph(*[t.detach().clone() for t in inputs[:num_static]], *inputs[num_static:])[0]
+        # The same operations on the same draws, some summed in another order (oneDNN's products
+        # where it pays): float32 rounding, ~1e-6 of the loss. rtol 1e-4 is well above it and far below
+        # what a value frozen into the graph (a KL weight, a counter) changes.
+        if bool(torch.isclose(traced, eager, rtol=1e-4, atol=1e-4, equal_nan=True)):
+            return None
+        return f"the traced step's loss ({traced.item():.7g}) is not the eager step's ({eager.item():.7g}) on the " \
+               "same draws"
 
     def __call__(self, batches: Sequence[Batch]):
+        self.steps += 1
         key = self._key(batches)
         graph = self.graphs.get(key)
         if graph is None:
-            try:
-                graph = self.graphs[key] = self._trace(batches)
-            except Exception as error:  # noqa: BLE001 - anything untraceable runs eagerly
-                self._fall_back(f"tracing failed ({type(error).__name__}: {first_line(error)[:200]}); running eagerly")
-                raise _Untraceable from error
+            graph = self.graphs[key] = self._new_graph(key, batches)
         try:
             with torch.no_grad():
                 loss, *rest = graph(*self._inputs(batches))
         except Exception as error:  # noqa: BLE001 - e.g. no C++ compiler for Inductor
+            reason = f"{type(error).__name__}: {_first_sentence(error)}"
             if isinstance(graph, CUDAGraphReplay):
                 # A capture runs nothing, so the plain replay takes this step; a warm-up that failed
                 # fails there again and raises.
-                self._fall_back(f"CUDA graph capture failed ({type(error).__name__}: {first_line(error)[:200]}); "
-                                "replaying the traced graph without it")
+                self._fall_back(f"CUDA graph capture failed ({reason}); replaying the traced graph without it")
                 self.cuda_graphs = False
                 self.graphs = {k: g.graph if isinstance(g, CUDAGraphReplay) else g for k, g in self.graphs.items()}
+                self.steps -= 1
                 return self(batches)
             if self.backend != "inductor":
                 raise
-            self._fall_back(f"Inductor failed ({type(error).__name__}: {str(error)[:200]}); replaying the traced "
-                            "graph instead")
+            self._fall_back(f"Inductor failed ({reason}); replaying the traced graph instead")
             self.backend = "trace"
             self.graphs.clear()
+            self.steps -= 1
             return self(batches)
         return (loss, rest[0]) if self.updates else (loss, rest)
 
+    def _run_eagerly(self, reason: str, cause: Optional[BaseException] = None) -> NoReturn:
+        self._fall_back(f"{reason}; running eagerly")
+        raise _Untraceable(reason) from cause
+
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
-        warnings.warn(f"compiled training step: {reason}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"compiled training step: {reason}", RuntimeWarning, stacklevel=4)
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of an error's first line: a whole sentence for a one-line report."""
+    line = first_line(error)
+    match = re.search(r"[.!?](\s|$)", line)
+    return (line[:match.start()] if match else line).rstrip(".")
+
+
+def _listed(paths: Sequence[str]) -> str:
+    """Attribute paths as a message names them: ``'model.beta'``, ``'a', 'b' and 'c'``."""
+    quoted = [repr(p) for p in sorted(paths)]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 class _Untraceable(Exception):
@@ -356,13 +459,19 @@ class TrainingStep:
     :param clip_grad_norm: clip the gradient's total norm to this value, if given.
     :param compile: ``"none"`` (default): Pyro runs model, guide and objective every step;
         ``"trace"`` or ``"inductor"``: the compiled step (see the module's docstring), falling back
-        to eager with one warning for a step that cannot be traced. ``"auto"`` is ``"trace"`` here;
-        the training loop resolves it by the run's length first (:func:`choose_compile`).
-        ``True``/``False`` mean ``"inductor"``/``"none"``.
+        to eager with one warning where it would depart from the eager step (:class:`CompiledStep`).
+        ``"auto"`` is ``"trace"`` here; the training loop resolves it by the run's length first
+        (:func:`choose_compile`). ``True``/``False`` mean ``"inductor"``/``"none"``.
+    :param validate: run Pyro's validation checks (arguments, supports) at every step. They read
+        values on the host, which a traced graph cannot, so a compiled step then runs eagerly, with
+        one warning. With ``False`` the eager step follows Pyro's global switch and a compiled
+        step runs without checks, as Pyro's ``JitTrace*`` objectives do.
+    :param cuda_graphs: replay a traced step on CUDA as a CUDA graph (:class:`CUDAGraphReplay`);
+        off by default until it has run on a GPU.
     """
 
     def __init__(self, loss: nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: Optional[float] = None,
-                 compile="none"):
+                 compile="none", validate: bool = False, cuda_graphs: bool = False):
         if compile is True:
             compile = "inductor"
         elif compile is False or compile is None:
@@ -376,14 +485,19 @@ class TrainingStep:
         self.clip_grad_norm = clip_grad_norm
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.compile = compile
+        self.validate = validate
         self.distributed = isinstance(loss, nn.parallel.DistributedDataParallel)
         self.compiled: Optional[CompiledStep] = None
-        if compile != "none":
+        if compile != "none" and validate:
+            warnings.warn(f"training step: validate=True runs Pyro's checks at every step, which a traced graph "
+                          f"cannot; running eagerly instead of compile={compile!r}", RuntimeWarning, stacklevel=2)
+        elif compile != "none":
             inner = loss.module if self.distributed else loss
             if not isinstance(inner, ObjectiveLoss):
                 raise ValueError("a compiled step needs an ObjectiveLoss (or DDP of one)")
             # Under DDP the gradients are all-reduced between the graph and the update.
-            self.compiled = CompiledStep(inner, compile, None if self.distributed else optimizer, clip_grad_norm)
+            self.compiled = CompiledStep(inner, compile, None if self.distributed else optimizer, clip_grad_norm,
+                                         cuda_graphs)
 
     @property
     def mode(self) -> str:
@@ -401,7 +515,8 @@ class TrainingStep:
                 return self._compiled_step(batches)
             except _Untraceable:
                 self.compiled = None  # the warning said why; eager from now on
-        loss = self.loss(batches)
+        with pyro.validation_enabled(True) if self.validate else contextlib.nullcontext():
+            loss = self.loss(batches)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return self._update(loss.detach())

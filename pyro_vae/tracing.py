@@ -10,17 +10,21 @@ same seed; :func:`compile_graph` hands it to TorchInductor, which fuses the elem
 :func:`for_replay` and :func:`compile_graph` send a graph's large float32 matrix products to oneDNN
 on CPUs where PyTorch's default BLAS (MKL) is the slower of the two (:func:`onednn_pays`).
 
-A traced graph is valid for the shapes, dtypes and devices it was traced with and for the values
-of non-tensor arguments (:func:`signature`): what every traced program assumes, as Pyro's
-``JitTrace*`` objectives do. Data-dependent control flow cannot be traced.
+A traced graph is valid for the shapes, dtypes and devices it was traced with, for the values
+of non-tensor arguments (:func:`signature`) and for the plain Python state of the modules it ran
+(:func:`python_state`: a counter or a KL weight on a module). Data-dependent control flow cannot
+be traced. Python state outside the modules (a global variable, an attribute of the objective)
+is not seen: a graph that reads it replays the value it had when traced, as Pyro's ``JitTrace*``
+objectives do ("models must not depend on any global data").
 """
 
 import contextlib
+import copy
 import functools
 import logging
 import platform
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import pyro
 import torch
@@ -66,6 +70,72 @@ def signature(value) -> object:
     if isinstance(value, dict):
         return ("dict", tuple(sorted((k, signature(v)) for k, v in value.items())))
     return ("value", value)
+
+
+#: What every :class:`torch.nn.Module` keeps in its ``__dict__``: PyTorch's bookkeeping, not a model's state.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+_OPAQUE = object()  # an attribute python_state does not look into
+
+
+def _frozen(value) -> object:
+    """A hashable copy of a plain value (numbers, strings, None, tuples, lists and dicts of them);
+    a tensor by identity and version; ``_OPAQUE`` for anything else."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return value
+    if torch.is_tensor(value):
+        return ("tensor", id(value), value._version)
+    if isinstance(value, (tuple, list)):
+        items = tuple(_frozen(v) for v in value)
+        return _OPAQUE if any(v is _OPAQUE for v in items) else (type(value).__name__, items)
+    if isinstance(value, dict):
+        items = tuple((_frozen(k), _frozen(v)) for k, v in value.items())
+        return _OPAQUE if any(_OPAQUE in kv for kv in items) else ("dict", items)
+    return _OPAQUE
+
+
+def _attributes(module: torch.nn.Module) -> Iterator[tuple[str, object, str, object]]:
+    """``(path, owner, name, value)`` of each plain attribute in the module tree, as ``"model.beta"``."""
+    for prefix, owner in module.named_modules():
+        for name, value in vars(owner).items():
+            if name not in _MODULE_INTERNALS and _frozen(value) is not _OPAQUE:
+                yield (f"{prefix}.{name}" if prefix else name), owner, name, value
+
+
+def python_state(module: torch.nn.Module) -> dict[str, object]:
+    """The plain Python state of ``module`` and its submodules, which a traced graph bakes in.
+
+    Per attribute path: a hashable copy of each number, string, bool or None attribute (and
+    tuples, lists and dicts of them), and the identity and version of each tensor attribute that
+    is neither parameter nor buffer. PyTorch's own attributes (``_parameters``, hooks, ``training``)
+    and other objects are left out, as is anything outside the module tree (globals).
+    """
+    return {path: _frozen(value) for path, _, _, value in _attributes(module)}
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    """The paths whose state differs between two :func:`python_state` results."""
+    return [path for path in {**before, **after} if before.get(path, _OPAQUE) != after.get(path, _OPAQUE)]
+
+
+@contextlib.contextmanager
+def python_state_kept(module: torch.nn.Module) -> Iterator[list[str]]:
+    """Run the block, then put back the plain attributes it changed (:func:`python_state`) and
+    remove those it added; yields a list that then names them. A tensor changed in place stays so."""
+    saved = {path: (owner, name, copy.deepcopy(value) if isinstance(value, (list, dict)) else value)
+             for path, owner, name, value in _attributes(module)}
+    before = python_state(module)
+    names: list[str] = []
+    try:
+        yield names
+    finally:
+        after = {path: (owner, name) for path, owner, name, _ in _attributes(module)}
+        names.extend(changed(before, python_state(module)))
+        for path in names:
+            if path in saved:
+                owner, name, value = saved[path]
+                setattr(owner, name, value)
+            elif path in after:
+                delattr(*after[path])
 
 
 def flatten(value) -> tuple[list[torch.Tensor], Callable]:

@@ -71,7 +71,7 @@ def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_dec
     """Loss, clipping (0.5 clips every step here) and the fused Adam/Adagrad update in one graph: the
     eager step's losses, parameters and optimizer state, to the bit."""
     # Six steps: on CUDA the warm-up, the capture and four replays.
-    eager, traced = eager_and_compiled(device, 6, name, weight_decay, clip)
+    eager, traced = eager_and_compiled(device, 6, name, weight_decay, clip, cuda_graphs=True)
     # A PyTorch without this optimizer's fused kernel on the device stops the graph at the gradients;
     # on CUDA the whole update is replayed as a CUDA graph.
     in_graph = "trace+update" + ("+cudagraph" if device == "cuda" else "")
@@ -84,16 +84,16 @@ def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_dec
 
 
 def eager_and_compiled(device: str, steps: int, name: str = "adagrad", weight_decay: float = 1.0,
-                       clip: Optional[float] = None, between=None, prepare=None) -> list:
+                       clip: Optional[float] = None, between=None, prepare=None, cuda_graphs: bool = False) -> list:
     """The eager and the traced run of ``steps`` steps from the same seed: each run's step, losses,
     parameters and optimizer state (``prepare(step)`` before the traced run; ``between(optimizer, i)``
-    after step i of each)."""
+    after step i of each; ``cuda_graphs`` opts the traced run into CUDA graphs)."""
     runs = []
     for mode in ("none", "trace"):
         model = small_vae().to(device)
         optimizer = make_optimizer(name, model.parameters(), 1e-2, weight_decay)
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, clip_grad_norm=clip,
-                            compile=mode)
+                            compile=mode, cuda_graphs=cuda_graphs)
         if prepare is not None and mode == "trace":
             prepare(step)
         torch.manual_seed(7)
@@ -121,7 +121,7 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_plain_replay(monkeypatch)
             step.compiled.cuda_graphs = True
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        eager, traced = eager_and_compiled(device, 4, prepare=prepare)
+        eager, traced = eager_and_compiled(device, 4, prepare=prepare, cuda_graphs=True)
     assert [str(w.message).split(" (")[0] for w in caught if "CUDA graph" in str(w.message)] == [
         "compiled training step: CUDA graph capture failed"]
     assert traced.step.mode == "trace+update"
@@ -139,7 +139,7 @@ def test_the_cuda_graph_is_captured_again_when_the_optimizer_state_is_replaced()
             optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
             assert before != [t.data_ptr() for state in optimizer.state.values() for t in state.values()]
 
-    eager, traced = eager_and_compiled("cuda", 7, between=reload)
+    eager, traced = eager_and_compiled("cuda", 7, between=reload, cuda_graphs=True)
     assert traced.step.mode == "trace+update+cudagraph"
     assert torch.equal(traced.losses, eager.losses)
     assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
