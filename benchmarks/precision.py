@@ -34,7 +34,7 @@ from committed import SCRATCH, refuse_to_replace  # noqa: E402
 from speed import cpu_model_and_flags  # noqa: E402
 from pyro_vae import PyroVAEError, TrainConfig, evaluation, load_run, train  # noqa: E402
 from pyro_vae.precision import bf16_matrix_unit, check_precision  # noqa: E402
-from pyro_vae.training import load_evaluation_data  # noqa: E402
+from pyro_vae.training import evaluation_data  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,7 +95,8 @@ def main(argv=None) -> int:
                                  train_size=args.train_size, seed=args.seed, eval_particles=1, device="cpu",
                                  out=str(Path(args.runs_dir) / precision))
             models[precision], metrics[precision] = trained(config)
-        data = load_evaluation_data(TrainConfig.from_dict(metrics["fp32"]["config"]), {}, torch.device("cpu"))
+        data = evaluation_data(models["fp32"], TrainConfig.from_dict(metrics["fp32"]["config"]), {},
+                               torch.device("cpu")).data
         figures = {"fp32": evaluate(models["fp32"], data.test, args, "fp32"),
                    "bf16": evaluate(models["bf16"], data.test, args, "fp32"),
                    "bf16 evaluated in bf16": evaluate(models["bf16"], data.test, args, "bf16")}

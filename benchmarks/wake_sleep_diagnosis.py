@@ -68,8 +68,8 @@ import torch
 from pyro_vae import TrainConfig, TrainingError, evaluation, log_importance_weights, resume, train
 from pyro_vae.likelihoods import GaussianLikelihood
 
-from pyro_vae import engine, recipes
-from pyro_vae.training import load_data, model_recipe
+from pyro_vae import engine
+from pyro_vae.batches import prepare
 
 INITS = (0.01, 0.1, None)  # None: PyTorch's default initialisation
 LEARNING_RATES = (0.01, 0.02, 0.1)
@@ -97,10 +97,8 @@ def make_config(dataset, latent_dim, hidden_dim, method, init_std, lr, epochs, o
 def initial_model(config):
     """The model exactly as :func:`pyro_vae.train` initialises it (same seed, same draws), and its data."""
     config = config.resolved()
-    pyro.set_rng_seed(config.seed)
-    raw = load_data(config)  # as pyro_vae.train: seed, load the data, build the model from its recipe
-    model = recipes.build(model_recipe(config, raw))
-    data, _, _ = engine.prepare(raw, config, torch.device("cpu"))  # draws from its own generators only
+    model, raw, _ = engine.build(config.model, config.dataset, config)  # as pyro_vae.train builds them
+    data = prepare(model, raw, config, torch.device("cpu")).data  # draws from its own generators only
     return model, data
 
 

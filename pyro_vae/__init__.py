@@ -26,6 +26,7 @@ Where things are:
 """
 
 from .datasets import ImageData, load_dataset
+from .tensor_data import TensorData
 from .diagnostics import bound_gap, gradient_statistics, parameter_groups, seconds_per_step
 from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted
 from .estimators import DoublyReparameterizedELBO, StickingTheLandingELBO, TailAdaptiveELBO, TraceGraphELBO
@@ -40,7 +41,8 @@ from . import wake_sleep  # noqa: F401 (registers its objectives)
 from .config import TrainConfig
 from .contract import check_model
 from .engine import Run, fit
-from .training import load_run, resume, train
+from .training import evaluate, load_run, resume, train
+from . import callbacks  # noqa: F401
 from . import torch_constants
 
 __version__ = "0.1.0"
@@ -48,7 +50,7 @@ __version__ = "0.1.0"
 torch_constants.map_torch_constants()  # PyTorch's CPU kernels at their speed from their first call (docs/speed.md)
 
 __all__ = [
-    "BernoulliLikelihood", "CheckpointError", "ConditionalVAE", "ConfigError", "DataError",
+    "BernoulliLikelihood", "CheckpointError", "TensorData", "evaluate", "ConditionalVAE", "ConfigError", "DataError",
     "DoublyReparameterizedELBO", "GaussianEncoder", "GaussianLikelihood", "HierarchicalVAE", "ImageData",
     "ImportanceWeightedELBO", "MLP", "MODELS", "OBJECTIVES", "PyroVAEError", "Run", "SemiSupervisedVAE",
     "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig", "TrainingError", "TrainingInterrupted", "VAE",

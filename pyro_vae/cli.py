@@ -25,7 +25,7 @@ from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .precision import PRECISIONS
 from .step import COMPILE_MODES
-from .config import OPTIMIZERS, TrainConfig
+from .config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, resolve_device
 
 EXIT_USAGE = 2
 
@@ -132,7 +132,25 @@ def _parser() -> argparse.ArgumentParser:
                             "and optimizer state stay float32); refused where the CPU has neither AMX nor "
                             "AVX512-BF16; see docs/speed.md (default: %(default)s)")
     train.add_argument("--train-size", type=_positive_int,
-                       help="train on a random subset of this many training images (default: all)")
+                       help="train on a fixed random subset of this many training datapoints (default: all)")
+    train.add_argument("--test-size", type=_positive_int,
+                       help="evaluate on a fixed random subset of this many test datapoints, recorded in the run "
+                            "(default: all)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule,
+                       help="learning rate per epoch: cosine (to zero over the run), step (a tenth at half the run, "
+                            "a hundredth at three quarters), iwae (Burda et al.: 3^i passes at 10^-3 * 10^(-i/7)) "
+                            "(default: %(default)s)")
+    train.add_argument("--early-stopping", type=_positive_int, metavar="N",
+                       help="stop when the test ELBO has not improved for N evaluations, keeping the best "
+                            "checkpoint as best_checkpoint.pt (default: never)")
+    train.add_argument("--kl-warmup", type=_non_negative_int, default=defaults.kl_warmup, metavar="EPOCHS",
+                       help="scale every latent site by beta rising linearly from 0 to 1 over EPOCHS epochs "
+                            "(poutine.scale); evaluation reports the unscaled bound (default: %(default)s, none)")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="log scalars, images and settings for TensorBoard in DIR (needs the tensorboard package)")
+    train.add_argument("--mlflow", metavar="URI",
+                       help="log parameters, metrics and the run folder to MLflow at URI, e.g. file:./mlruns "
+                            "(needs mlflow or mlflow-skinny)")
     shorthands = train.add_argument_group("options of the built-in models (shorthands for --model-arg)")
     shorthands.add_argument("--labels-per-class", type=_positive_int,
                             help="m2, m1m2: labelled training images per class; the rest are unlabelled (default: 10)")
@@ -187,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare", metavar="OTHER_RUN",
                           help="another run on the same test images: print RUN_DIR's test log p(x) minus "
                                "OTHER_RUN's, with the standard error of the per-image differences")
+    evaluate.add_argument("--test-size", type=_positive_int,
+                          help="evaluate a fixed random subset of this many test datapoints (default: the run's own)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument("--trust-recipe", action="store_true",
                           help="open runs whose model factory you have not trained with, and remember it: their "
@@ -196,12 +216,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 RESUME_OPTIONS = ("epochs", "data_dir", "checkpoint_every")
-NOT_SETTINGS = ("command", "quiet", "resume", "overwrite", "model_arg", "trust_recipe")
+#: Options of the command, not of the configuration.
+COMMAND_OPTIONS = ("command", "quiet", "resume", "overwrite", "model_arg", "trust_recipe", "tensorboard", "mlflow")
 #: Options of the built-in models' factories that have flags of their own.
 SHORTHANDS = ("labels_per_class", "aux_weight", "labelled_weight", "condition", "m1")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _tracking(args: argparse.Namespace) -> list:
+    """The callbacks of ``--tensorboard`` and ``--mlflow``."""
+    callbacks = []
+    if args.tensorboard:
+        from .callbacks.tensorboard import TensorBoard
+        callbacks.append(TensorBoard(args.tensorboard))
+    if args.mlflow:
+        from .callbacks.mlflow import MLflow
+        callbacks.append(MLflow(args.mlflow))
+    return callbacks
+
+
+def _train_command(args: argparse.Namespace) -> None:
     from .engine import fresh_run_folder
     from .training import resume, train
 
@@ -210,27 +243,18 @@ def _train(args: argparse.Namespace) -> None:
         value = getattr(args, key)
         if value is not None:
             model_args[key] = str(Path(value).expanduser().resolve()) if key == "m1" else value
-    options = {key: value for key, value in vars(args).items()
-               if key not in (*NOT_SETTINGS, *SHORTHANDS)}
+    options = {key: value for key, value in vars(args).items() if key not in (*COMMAND_OPTIONS, *SHORTHANDS)}
+    callbacks = _tracking(args)
     if args.resume is None:
         config = TrainConfig(**options, model_args=model_args)
         if config.out is None:
             config.out = str(fresh_run_folder(config))
             print(f"pyro-vae train: writing the run to {config.out}", file=sys.stderr)
-        run = train(config, progress=not args.quiet, overwrite=args.overwrite)
+        run = train(config, progress=not args.quiet, overwrite=args.overwrite, callbacks=callbacks)
     else:
-        defaults = TrainConfig()  # the command's defaults are the configuration's
-        clashing = [key for key, value in options.items()
-                    if key not in RESUME_OPTIONS and value != getattr(defaults, key)]
-        clashing += ["overwrite"] if args.overwrite else []
-        clashing += ["model-arg"] if args.model_arg else []
-        clashing += [key for key in SHORTHANDS if getattr(args, key) is not None]
-        if clashing:
-            flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
-            raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} "
-                              "(only --epochs, --data-dir, --checkpoint-every and --trust-recipe may be given)")
+        _refuse_settings_with_resume(args, options)
         run = resume(args.resume, args.epochs, args.data_dir, progress=not args.quiet,
-                     checkpoint_every=args.checkpoint_every)
+                     checkpoint_every=args.checkpoint_every, callbacks=callbacks)
     metrics = run.metrics
     if not metrics:  # a process other than rank 0 of a distributed run
         return
@@ -241,56 +265,43 @@ def _train(args: argparse.Namespace) -> None:
           f"{metrics['seconds_per_epoch']:.2f} s per epoch; written to {run.out}")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    import pyro
-    import torch
+def _refuse_settings_with_resume(args: argparse.Namespace, options: dict) -> None:
+    defaults = TrainConfig()  # the command's defaults are the configuration's
+    clashing = [key for key, value in options.items() if key not in RESUME_OPTIONS and value != getattr(defaults, key)]
+    clashing += ["overwrite"] if args.overwrite else []
+    clashing += ["model-arg"] if args.model_arg else []
+    clashing += [key for key in SHORTHANDS if getattr(args, key) is not None]
+    if clashing:
+        flags = ", ".join("--" + key.replace("_", "-") for key in clashing)
+        raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {flags} (only --epochs, "
+                          "--data-dir, --checkpoint-every, --trust-recipe, --tensorboard and --mlflow may be given)")
 
-    from . import evaluation, param_sites
+
+def _evaluate_command(args: argparse.Namespace) -> None:
     from .checkpoint import write_json
-    from .config import resolve_device
-    from .engine import inputs
     from .precision import check_precision
-    from .training import load_evaluation_data, load_run
+    from .training import evaluate
 
-    device = resolve_device(args.device)
-    check_precision(args.precision, device)
-    model, config, checkpoint = load_run(args.run_dir, args.device, args.data_dir)
-    model = param_sites.served(model)  # its own pyro.param sites, whatever another run put in the store
-    data = load_evaluation_data(config, checkpoint, device)
-    if args.compare is not None:  # checked before any work
-        other, other_config, other_checkpoint = load_run(args.compare, args.device, args.data_dir)
-        other = param_sites.served(other)
-        other_data = load_evaluation_data(other_config, other_checkpoint, device)
-        if other_data.test.shape != data.test.shape or not torch.equal(other_data.test, data.test):
-            raise ConfigError(f"--compare {args.compare}: its test images differ from {args.run_dir}'s "
-                              f"({other_config.dataset}, binarize {other_config.binarize} against "
-                              f"{config.dataset}, binarize {config.binarize}); compare runs on the same data")
-    pyro.set_rng_seed(args.seed)
-    test = inputs(model, data.test, data.test_labels)
-    test_elbo = evaluation.elbo(model.model, model.guide, test, progress=not args.quiet, precision=args.precision)
-    rng_state = pyro.util.get_rng_state()  # to give a compared run the same draws for log p(x)
-    test_ll = evaluation.log_likelihood(model.model, model.guide, test, args.particles, progress=not args.quiet,
-                                        precision=args.precision)
-    result = {"test_elbo": test_elbo.as_dict(), "test_log_likelihood": test_ll.as_dict(), "scoring": test_ll.scoring,
-              "seed": args.seed, "precision": args.precision}
-    summary = {"test_elbo": test_elbo.mean, "test_log_likelihood": test_ll.mean}
-    print(f"test ELBO      {test_elbo}")
-    print(f"test log p(x)  {test_ll}")
-    if hasattr(model, "classify"):
-        result["test_accuracy"] = summary["test_accuracy"] = evaluation.accuracy(model, data.test, data.test_labels)
+    check_precision(args.precision, resolve_device(args.device))
+    result = evaluate(args.run_dir, particles=args.particles, compare=args.compare, seed=args.seed,
+                      device=args.device, precision=args.precision, test_size=args.test_size,
+                      progress=not args.quiet)
+    print(f"test ELBO      {result['test_elbo']}")
+    print(f"test log p(x)  {result['test_log_likelihood']}")
+    written = {"test_elbo": result["test_elbo"].as_dict(), "test_log_likelihood": result["test_log_likelihood"].as_dict(),
+               "scoring": result["scoring"], "seed": args.seed, "precision": args.precision}
+    summary = {"test_elbo": result["test_elbo"].mean, "test_log_likelihood": result["test_log_likelihood"].mean}
+    if "test_accuracy" in result:
+        written["test_accuracy"] = summary["test_accuracy"] = result["test_accuracy"]
         print(f"test accuracy  {result['test_accuracy']:.4f}")
     if args.compare is not None:
-        pyro.util.set_rng_state(rng_state)
-        other_ll = evaluation.log_likelihood(other.model, other.guide,
-                                             inputs(other, other_data.test, other_data.test_labels), args.particles,
-                                             progress=not args.quiet, precision=args.precision)
-        difference = evaluation.paired_difference(test_ll, other_ll)
-        result["compared_with"] = {"run": str(Path(args.compare).resolve()), "test_log_likelihood": other_ll.as_dict(),
-                                   "difference": difference.as_dict()}
-        summary["test_log_likelihood_difference"] = difference.mean
-        print(f"other run      {other_ll}")
-        print(f"difference     {difference} (this run minus the other, paired by test image)")
-    write_json(Path(args.run_dir) / "evaluation.json", result)
+        written["compared_with"] = {"run": str(Path(args.compare).resolve()),
+                                    "test_log_likelihood": result["other_log_likelihood"].as_dict(),
+                                    "difference": result["difference"].as_dict()}
+        summary["test_log_likelihood_difference"] = result["difference"].mean
+        print(f"other run      {result['other_log_likelihood']}")
+        print(f"difference     {result['difference']} (this run minus the other, paired by test datapoint)")
+    write_json(Path(args.run_dir) / "evaluation.json", written)
     print(json.dumps(summary))
 
 
@@ -300,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         with trust.trusting() if args.trust_recipe else contextlib.nullcontext():
-            {"train": _train, "evaluate": _evaluate}[args.command](args)
+            {"train": _train_command, "evaluate": _evaluate_command}[args.command](args)
     except PyroVAEError as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

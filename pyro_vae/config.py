@@ -26,6 +26,8 @@ from .precision import PRECISIONS, check_precision
 from .step import COMPILE_MODES
 
 OPTIMIZERS = ("adam", "adagrad")
+#: Learning-rate schedules (:mod:`pyro_vae.callbacks.schedules`).
+LR_SCHEDULES = ("constant", "cosine", "step", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Settings that depend on the data set when left unset (and the model's factory has no default).
@@ -50,6 +52,7 @@ class TrainConfig:
     model: str = "vae"
     model_args: dict = field(default_factory=dict)
     train_size: Optional[int] = None
+    test_size: Optional[int] = None
     latent_dim: Optional[int] = None
     hidden_dims: Optional[list] = None
     activation: Optional[str] = None
@@ -69,6 +72,9 @@ class TrainConfig:
     eval_every: int = 1
     eval_particles: int = 1000
     clip_grad_norm: Optional[float] = None
+    lr_schedule: str = "constant"
+    early_stopping: Optional[int] = None
+    kl_warmup: int = 0
     compile: str = "auto"
     precision: str = "fp32"
     validate: bool = False
@@ -80,14 +86,20 @@ class TrainConfig:
         """Whether ``dataset`` names a data file rather than a built-in data set."""
         return self.dataset not in DATASETS
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with the defaults filled in, checked for consistency."""
-        if self.is_file and Path(self.dataset).suffix not in (".npz", ".pt"):
+    def resolved(self, in_memory: bool = False, factory: bool = True) -> "TrainConfig":
+        """A copy with the defaults filled in, checked for consistency: the one resolver of :func:`pyro_vae.fit`,
+        :func:`pyro_vae.train` and ``pyro-vae train``.
+
+        ``in_memory``: the data is an object given to :func:`~pyro_vae.fit` (``dataset`` is its name);
+        ``factory``: ``model`` names a factory, whose own defaults come first (else the model is an object,
+        which takes no network settings).
+        """
+        if not in_memory and self.is_file and Path(self.dataset).suffix not in (".npz", ".pt"):
             raise ConfigError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}, or give a "
                               ".npz or .pt file")
         values = asdict(self)
-        factory_defaults = _factory_defaults(self.model)
-        dataset_defaults = FILE_DEFAULTS if self.is_file else DATASET_DEFAULTS[self.dataset]
+        factory_defaults = _factory_defaults(self.model) if factory else set(NETWORK_ARGUMENTS)
+        dataset_defaults = FILE_DEFAULTS if in_memory or self.is_file else DATASET_DEFAULTS[self.dataset]
         for key in ("latent_dim", "hidden_dims", "activation", "likelihood", "binarize", "epochs"):
             if values[key] is None and key not in factory_defaults:
                 values[key] = dataset_defaults.get(key)
@@ -95,29 +107,30 @@ class TrainConfig:
             values["binarize"] = "dynamic"
         if values["binarize"] == "none" and self.dataset == "mnist" and self.likelihood is None:
             values["likelihood"] = "gaussian"
-        for key in ("data_dir",) + (("dataset",) if self.is_file else ()):  # absolute: usable from anywhere
+        for key in ("data_dir",) + (("dataset",) if self.is_file and not in_memory else ()):  # usable from anywhere
             if values[key] is not None:
                 values[key] = str(Path(values[key]).expanduser().resolve())
         config = TrainConfig(**values)
-        config.check()
+        config.check(in_memory, factory)
         return config
 
-    def check(self) -> None:
+    def check(self, in_memory: bool = False, factory: bool = True) -> None:
         """Raise :class:`ConfigError` on an impossible configuration: its settings, data and model."""
         self.check_settings()
         if self.data_dir is not None and Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
             raise ConfigError(f"--data-dir {self.data_dir} is a file, not a folder: pass the folder that holds "
                               "MNIST/raw or FreyFace/frey_rawface.mat")
-        if self.is_file and not Path(self.dataset).is_file():
+        if self.is_file and not in_memory and not Path(self.dataset).is_file():
             raise ConfigError(f"--dataset {self.dataset}: no such file; pass a .npz or .pt file with arrays train "
                               "and test")
-        recipes.check_arguments(self.model, self.model_args)
+        if factory:
+            recipes.check_arguments(self.model, self.model_args)
 
     def check_settings(self) -> None:
         """Raise :class:`ConfigError` on impossible settings (everything but the data and the model)."""
         choices = {"compile": COMPILE_MODES, "optimizer": OPTIMIZERS, "likelihood": LIKELIHOODS,
                    "binarize": BINARIZATIONS, "activation": ACTIVATIONS, "device": DEVICES,
-                   "precision": PRECISIONS}
+                   "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -125,9 +138,10 @@ class TrainConfig:
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles", "particles", "seed",
-                     "train_size", "checkpoint_every"):
-            value, least = getattr(self, name), 0 if name in ("particles", "seed") else 1
-            if value is None and name in ("train_size", "checkpoint_every", "latent_dim", "epochs"):
+                     "train_size", "test_size", "checkpoint_every", "early_stopping", "kl_warmup"):
+            value, least = getattr(self, name), 0 if name in ("particles", "seed", "kl_warmup") else 1
+            if value is None and name in ("train_size", "test_size", "checkpoint_every", "latent_dim", "epochs",
+                                          "early_stopping"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 kind = "a positive integer" if least else "an integer, zero or more"

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .tensor_data import TensorData
 
 DATASETS = ("frey-face", "mnist")
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -141,12 +142,11 @@ class ImageData:
         ``image_shape``, as :meth:`from_arrays` takes them. The name is the file's stem.
         """
         path = Path(path).expanduser()
-        if path.suffix not in FILE_SUFFIXES:
-            raise DataError(f"{path}: cannot read {path.suffix or 'a file without a suffix'}: "
-                            f"save the data as .npz (np.savez) or .pt (torch.save of a dict of tensors)")
-        if not path.is_file():
-            raise DataError(f"{path} does not exist: pass the path of a .npz or .pt file")
-        contents = _read_npz(path) if path.suffix == ".npz" else _read_pt(path)
+        return cls.from_contents(read_data_file(path), path)
+
+    @classmethod
+    def from_contents(cls, contents: dict, path: Path) -> "ImageData":
+        """The images of a data file's arrays (:meth:`from_file`)."""
         missing = [key for key in ("train", "test") if key not in contents]
         if missing:
             raise DataError(f"{path} holds no {' or '.join(map(repr, missing))} (it holds {sorted(contents)}): "
@@ -221,7 +221,8 @@ def _images(images: Any, split: str) -> tuple[torch.Tensor, Optional[tuple]]:
     low, high = float(rows.min()), float(rows.max())
     if low < 0 or high > 1:
         raise DataError(f"{what} hold values in [{low:g}, {high:g}], outside [0, 1]: divide 0..255 values by 255 "
-                        "or rescale to [0, 1]")
+                        "or rescale to [0, 1], or pass data that are not images as TensorData (in a file: arrays "
+                        "train_<name> and test_<name>)")
     return rows.float().contiguous(), hw
 
 
@@ -458,15 +459,42 @@ def load_frey_face(data_dir: Optional[os.PathLike] = None, test_size: int = FREY
     return replace(data, source=str(path))
 
 
+def read_data_file(path: Path) -> dict:
+    """The arrays of a ``.npz`` or ``.pt`` data file, read as data only (no pickled objects)."""
+    if path.suffix not in FILE_SUFFIXES:
+        raise DataError(f"{path}: cannot read {path.suffix or 'a file without a suffix'}: "
+                        f"save the data as .npz (np.savez) or .pt (torch.save of a dict of tensors)")
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: pass the path of a .npz or .pt file")
+    return _read_npz(path) if path.suffix == ".npz" else _read_pt(path)
+
+
+def _holds_images(contents: dict) -> bool:
+    """Whether a data file holds images: only the keys of :data:`FILE_KEYS` (anything else is
+    :class:`~pyro_vae.TensorData`: arrays ``train_<name>`` and ``test_<name>``)."""
+    return set(contents) <= set(FILE_KEYS)
+
+
+def load_data_file(path: os.PathLike) -> "ImageData | TensorData":
+    """A ``.npz``/``.pt`` file as images (:func:`_holds_images`), else as :class:`~pyro_vae.TensorData`
+    (see :mod:`pyro_vae.tensor_data`)."""
+    path = Path(path).expanduser()
+    contents = read_data_file(path)
+    if _holds_images(contents):
+        return ImageData.from_contents(contents, path)
+    return TensorData.from_contents(contents, path.stem, str(path))
+
+
 def load_dataset(name: "str | os.PathLike", data_dir: Optional[os.PathLike] = None,
-                 download: bool = True) -> ImageData:
-    """The built-in data set called ``name`` (``mnist``, ``frey-face``), or the ``.npz``/``.pt`` file at it."""
+                 download: bool = True) -> "ImageData | TensorData":
+    """The built-in data set called ``name`` (``mnist``, ``frey-face``), or the ``.npz``/``.pt`` file at it
+    (:func:`load_data_file`)."""
     if name == "mnist":
         return load_mnist(data_dir, download)
     if name == "frey-face":
         return load_frey_face(data_dir)
     if Path(name).suffix in FILE_SUFFIXES or Path(name).expanduser().is_file():
-        return ImageData.from_file(name)
+        return load_data_file(name)
     raise ConfigError(f"unknown dataset {str(name)!r}: choose one of {', '.join(DATASETS)}, "
                       f"or pass the path of a .npz or .pt file")
 

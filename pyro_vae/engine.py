@@ -1,36 +1,23 @@
-"""The training engine: Auto-Encoding Variational Bayes for any Pyro model on any data.
+"""The training loop: Auto-Encoding Variational Bayes for any Pyro model on any data.
 
-:func:`fit` runs the AEVB loop (Kingma & Welling 2013, algorithm 1) on a ``torch.nn.Module``
-whose ``model`` and ``guide`` are Pyro programs (``docs/model_contract.md``,
-:func:`pyro_vae.contract.check_model`): minibatches of M datapoints, a stochastic gradient of the
-minibatch objective, and an Adam or Adagrad step. After every ``eval_every`` epochs it estimates
-the train and test ELBO per datapoint, appends a record to the history and saves a checkpoint; at
-the end it estimates the test log-likelihood by importance sampling and draws the pictures the
-model can draw.
+:func:`fit` runs AEVB (Kingma & Welling 2013, Algorithm 1) on a ``torch.nn.Module`` whose ``model``
+and ``guide`` are Pyro programs (``docs/model_contract.md``): minibatches of M datapoints, a
+stochastic gradient of the minibatch objective, an Adam or Adagrad step. Read it top to bottom:
+:func:`fit` resolves the settings and builds model and data; :func:`run` starts the processes and
+holds the run folder's lock; :class:`Training` checks the model, then runs epochs of steps, each
+``eval_every`` epochs an evaluation (:mod:`pyro_vae.report`) and a checkpoint
+(:mod:`pyro_vae.runstate`), and ends with the final report. Callbacks
+(:mod:`pyro_vae.callbacks`) are called at its start, after every step, after every evaluation
+and at its end. The data and its minibatches are :mod:`pyro_vae.batches`'.
 
-The model's optional ``labels`` attribute decides what it is fed (:func:`training_parts`):
-``"none"`` (default) images only, ``"all"`` images with their labels, ``"some"`` two parts, the
-unlabelled images and a class-balanced labelled subset of ``model.labels_per_class`` images per
-class, each counted ``model.labelled_weight`` times; each step draws a minibatch from every part
-and sums their losses, each scaled to its part's size. Under ``torchrun`` the steps are shared
-among processes (:mod:`pyro_vae.distributed`).
-
-A run directory (:mod:`pyro_vae.rundir`) holds ``checkpoint.pt`` (model and optimizer state,
-history, every process's random states, the model's recipe: enough to resume exactly or to
-evaluate), ``config.json`` (the configuration, the recipe, versions and device, written when the
-run starts), ``history.json`` (``epoch``, ``samples_seen``, ``train_elbo``, ``test_elbo`` in nats per
-datapoint, ``seconds``), ``metrics.json`` (the final figures) and the pictures.
-
-The train ELBO is estimated on a fixed subset of at most :data:`TRAIN_EVAL_SIZE` training
-images, the test ELBO on the whole test set, each with one draw of z per datapoint.
+On SIGTERM or SIGINT (:mod:`pyro_vae.stopping`) training stops at the next step with a
+checkpoint and raises :class:`~pyro_vae.TrainingInterrupted`; a callback setting
+``state.should_stop`` stops it the same way, then makes the final report.
 """
 
 import contextlib
-import platform
-import signal
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -39,26 +26,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, evaluation, param_sites, plots, recipes, rundir
-from .checkpoint import save_checkpoint, write_json
+from . import distributed, param_sites, recipes, report, rundir, runstate
+from .batches import TRAIN_SUBSET_SEED, Data, Minibatches, arguments, data_arguments, num_train, prepare, subset
+from .callbacks import State, check_callbacks, notify
+from .callbacks.schedules import from_config as scheduled_callbacks
+from .checkpoint import write_json
 from .config import TrainConfig, resolve_device
 from .contract import check_model
-from .datasets import (ImageData, IndexCycle, binarize_once, draw_batch, labelled_subset, load_dataset,
-                       prepare_binarization)
+from .datasets import ImageData, binarize_once, load_dataset
 from .errors import ConfigError, TrainingError, TrainingInterrupted
-from .likelihoods import LIKELIHOODS
-from .objectives import make_objective, validation
+from .evaluation import Estimate
+from .objectives import OBJECTIVES, make_objective
 from .step import ObjectiveLoss, TrainingStep, choose_compile, make_optimizer
 from .stopping import StopSignals
+from .tensor_data import TensorData
 
-TRAIN_EVAL_SIZE = 10_000
-TRAIN_EVAL_SEED = 0
-LABELLED_SEED = 0
-TRAIN_SUBSET_SEED = 0
 DEFAULT_RUNS = Path("runs")  # where a run without an ``out`` gets a fresh folder
-#: :class:`TrainConfig` fields that describe the data and the network, not the training: not settings of :func:`fit`.
-_NOT_SETTINGS = {"dataset", "data_dir", "model", "model_args", "train_size", "latent_dim", "hidden_dims", "activation",
-                 "likelihood", "init_std", "out"}
+SYNC_EVERY = 50  # steps between reads of the loss on the host (progress, non-finite check, signals)
+#: :class:`TrainConfig` fields that describe the data and the network rather than the training.
+_NOT_SETTINGS = {"dataset", "model", "model_args", "latent_dim", "hidden_dims", "activation", "likelihood",
+                 "init_std", "out"}
+#: The training settings :func:`fit` takes as keywords.
 SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in _NOT_SETTINGS)
 
 
@@ -68,73 +56,79 @@ class Run:
 
     model: nn.Module
     config: TrainConfig
-    data: ImageData
+    data: Data
     history: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     out: Optional[Path] = None
     #: The final importance-sampled test log p(x), with its per-datapoint values (for
     #: :func:`pyro_vae.evaluation.paired_difference`); ``None`` on processes other than rank 0.
-    test_log_likelihood: Optional[evaluation.Estimate] = None
+    test_log_likelihood: Optional[Estimate] = None
 
 
-def fit(model: Union[nn.Module, str], data: Union[ImageData, str], *, model_args: Optional[dict] = None,
-        out=None, overwrite: bool = False, progress: bool = True, **settings) -> Run:
+def fit(model: Union[nn.Module, str], data: Union[Data, str], *, model_args: Optional[dict] = None, out=None,
+        overwrite: bool = False, progress: bool = True, callbacks: Sequence = (), **settings) -> Run:
     """Train ``model`` on ``data`` with AEVB and write the run directory ``out``.
 
     :param model: a ``torch.nn.Module`` whose ``model`` and ``guide`` are Pyro programs taking a batch
-        and ``num_data=None`` (``docs/model_contract.md``), or a factory by name or import path
-        (``"package.module:factory"``), called with ``model_args`` and the data's shape; a run of a
-        factory can be rebuilt by :func:`pyro_vae.load_run` from any process.
-    :param data: an :class:`~pyro_vae.ImageData` (``ImageData.from_arrays``, ``.from_file``,
-        ``.from_datasets``), a built-in data set's name (``"mnist"``, ``"frey-face"``) or a path of a
-        ``.npz``/``.pt`` file.
+        and ``num_data=None`` (``docs/model_contract.md``), or a factory by name (``"vae"``) or import
+        path (``"package.module:factory"``), built with ``model_args``, the data's shape and the
+        network settings (``latent_dim``, ``hidden_dims``, ...; a built-in data set's defaults).
+    :param data: an :class:`~pyro_vae.ImageData` or :class:`~pyro_vae.TensorData`, a built-in data
+        set's name (``"mnist"``, ``"frey-face"``, read from ``data_dir``) or a ``.npz``/``.pt`` file.
     :param out: the run directory (default: a fresh folder under ``runs/``); one that holds a run is
         refused unless ``overwrite``, which deletes that run's files first.
-    :param settings: the training settings of :class:`~pyro_vae.TrainConfig` (:data:`SETTINGS`):
-        ``objective`` (default: the model's ``default_objective``, else ``meanfield``), ``particles``,
-        ``epochs`` (10), ``batch_size`` (100), ``optimizer``, ``lr``, ``weight_decay``,
-        ``clip_grad_norm``, ``compile`` (``"auto"``: :func:`pyro_vae.step.choose_compile`),
-        ``precision`` (``"fp32"``, or ``"bf16"``: :mod:`pyro_vae.precision`), ``seed``, ``device``,
-        ``eval_every``, ``eval_particles``,
-        ``binarize`` (``"dynamic"`` draws every training batch from Bernoulli(x); default ``"none"``),
-        ``checkpoint_every``, ``allow_mc_kl``, ``validate`` (Pyro's argument and support checks at every
-        step, not only in the contract check before the first).
-
-    SIGTERM or SIGINT stops training at the next step with a checkpoint from which
-    :func:`pyro_vae.resume` continues exactly, and raises :class:`~pyro_vae.TrainingInterrupted`.
+    :param callbacks: objects with any of the hooks of :mod:`pyro_vae.callbacks`.
+    :param settings: the fields of :class:`~pyro_vae.TrainConfig` (:data:`SETTINGS`, and for a factory
+        the network settings): ``epochs``, ``batch_size``, ``objective``, ``particles``, ``lr``,
+        ``lr_schedule``, ``early_stopping``, ``kl_warmup``, ``compile``, ``train_size``,
+        ``test_size``, ``data_dir``, ``validate``, ...; unset ones take the data set's defaults, as
+        ``pyro-vae train`` does.
     """
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise ConfigError(f"fit() takes no setting {', '.join(unknown)}: the settings are {', '.join(SETTINGS)}")
-    in_memory = isinstance(data, ImageData)
-    dataset = data.name if in_memory else str(Path(data).resolve()) if Path(data).suffix in (".npz", ".pt") else data
-    config = TrainConfig(dataset=dataset, **{"epochs": 10, "binarize": "none", **settings})
-    config.model = model if isinstance(model, str) else f"{type(model).__module__}:{type(model).__qualname__}"
-    config.model_args = dict(model_args or {})
-    config.out = str(out) if out is not None else None
-    config.check_settings()
+    in_memory = isinstance(data, (ImageData, TensorData))
+    factory = isinstance(model, str)
+    config = _config(model, data, model_args, out, settings, in_memory, factory)
+    callbacks = check_callbacks(callbacks)
     claim_folder(config, overwrite)
-    if not in_memory:
-        data = load_dataset(dataset)
-    if isinstance(model, str):
-        recipes.name_factory(model)  # the user's own factory: trusted when its runs are opened
-        model_recipe = recipes.recipe(model, data_arguments(data), model_args)
-        pyro.set_rng_seed(config.seed)  # the initial weights are the seed's, as for pyro-vae train
-        model = recipes.build(model_recipe)
-    elif model_args:
+    model, data, recipe = build(model, data, config)
+    return run(model, data, config, recipe, None, in_memory=in_memory, progress=progress, overwrite=overwrite,
+               callbacks=callbacks)
+
+
+def build(model: Union[nn.Module, str], data: Union[Data, str], config: TrainConfig) -> tuple[nn.Module, Data, dict]:
+    """The model (built by its factory, with the weights of ``config.seed``), the data (loaded if named, with
+    its ``train_size`` subset) and the model's recipe, for a resolved ``config``."""
+    if isinstance(data, str):
+        data = load_dataset(config.dataset, config.data_dir)
+    data = subset(data, "train", config.train_size, TRAIN_SUBSET_SEED)
+    if isinstance(model, str) and config.likelihood is None and config.is_file:  # Bernoulli for binary images
+        config.likelihood = "bernoulli" if isinstance(data, ImageData) and data.is_binary() else "gaussian"
+    pyro.set_rng_seed(config.seed)  # the initial weights are the seed's
+    if not isinstance(model, str):
+        recipe = getattr(model, "recipe", None)
+        if recipe is not None:  # the user's own factory: trusted when its runs are opened
+            recipes.name_factory(recipe["factory"])
+        return model, data, recipe
+    network = {key: getattr(config, key) for key in ("latent_dim", "hidden_dims", "activation", "likelihood",
+                                                     "init_std")}
+    recipe = recipes.recipe(config.model, {**data_arguments(data), **network}, config.model_args)
+    return recipes.build(recipe), data, recipe
+
+
+def _config(model, data, model_args, out, settings: dict, in_memory: bool, factory: bool) -> TrainConfig:
+    """The run's configuration, resolved once (:meth:`TrainConfig.resolved`) as for ``pyro-vae train``."""
+    known = set(SETTINGS) | ({"latent_dim", "hidden_dims", "activation", "likelihood", "init_std"} if factory else set())
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"fit() takes no setting {', '.join(unknown)}: the settings are {', '.join(sorted(known))}")
+    if model_args and not factory:
         raise ConfigError("model_args are for a factory named by import path; this model is built already")
-    else:
-        model_recipe = getattr(model, "recipe", None)
-        if model_recipe is not None:  # the user's own factory: trusted when its runs are opened
-            recipes.name_factory(model_recipe["factory"])
-        pyro.set_rng_seed(config.seed)
-    return run(model, data, config, model_recipe, None, in_memory=in_memory, progress=progress, overwrite=overwrite)
-
-
-def data_arguments(data: ImageData) -> dict:
-    """The common factory arguments that the data decides (:data:`pyro_vae.recipes.COMMON_ARGUMENTS`)."""
-    return {"data_dim": data.data_dim, "image_shape": list(data.image_shape), "num_data": len(data.train),
-            "num_classes": data.num_classes}
+    if factory:
+        recipes.name_factory(model)  # the user's own factory: trusted when its runs are opened
+    name = model if factory else f"{type(model).__module__}:{type(model).__qualname__}"
+    dataset = data.name if in_memory else str(data)
+    config = TrainConfig(dataset=dataset, model=name, model_args=dict(model_args or {}),
+                         out=None if out is None else str(out), **settings)
+    return config.resolved(in_memory=in_memory, factory=factory)
 
 
 def fresh_run_folder(config: TrainConfig) -> Path:
@@ -151,8 +145,8 @@ def claim_folder(config: TrainConfig, overwrite: bool) -> None:
         rundir.check_new_run(config.out, overwrite)
 
 
-def run(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe: Optional[dict],
-        checkpoint: Optional[dict], *, in_memory: bool = False, progress: bool = True, overwrite: bool = False) -> Run:
+def run(model: nn.Module, data: Data, config: TrainConfig, recipe: Optional[dict], checkpoint: Optional[dict], *,
+        in_memory: bool = False, progress: bool = True, overwrite: bool = False, callbacks: Sequence = ()) -> Run:
     """Train ``model`` as ``config`` says, from scratch (``checkpoint=None``, after :func:`claim_folder` and with
     the global random stream seeded by ``config.seed`` before the model was built) or from ``checkpoint``, in
     the processes ``torchrun`` started."""
@@ -164,301 +158,197 @@ def run(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe: Op
                 stack.enter_context(rundir.RunLock(out))
                 if checkpoint is None and overwrite:
                     rundir.clear_run(out)
-            return _train(model, data, config, model_recipe, checkpoint, in_memory, progress, processes, device, out)
+            training = Training(model, data, config, recipe, in_memory, processes, device, out,
+                                [*scheduled_callbacks(config), *callbacks])
+            return training.run(checkpoint, progress)
     finally:
         distributed.stop(processes)
 
 
-def subset(data: ImageData, train_size: Optional[int]) -> ImageData:
-    """``train_size`` training images drawn once with :data:`TRAIN_SUBSET_SEED` (all of them for ``None``)."""
-    if train_size is None:
-        return data
-    if train_size > len(data.train):
-        raise ConfigError(f"train-size {train_size} exceeds the {len(data.train)} training images of "
-                          f"{data.name}: pass --train-size {len(data.train)} or less")
-    chosen = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(TRAIN_SUBSET_SEED))
-    chosen = chosen[:train_size].sort().values
-    labels = None if data.train_labels is None else data.train_labels[chosen]
-    return replace(data, train=data.train[chosen], train_labels=labels)
+class Training:
+    """One run's training: the model checked, the objective, optimizer and step built, then epochs."""
 
+    def __init__(self, model: nn.Module, data: Data, config: TrainConfig, recipe: Optional[dict], in_memory: bool,
+                 processes: distributed.Processes, device: torch.device, out: Path, callbacks: list):
+        self.model, self.config, self.processes, self.device, self.out = model.to(device), config, processes, device, out
+        self.callbacks = callbacks
+        self.prepared = prepare(self.model, data, config, device)
+        if config.objective is None:
+            config.objective = getattr(model, "default_objective", "meanfield")
+        self.objective = make_objective(config.objective, config.particles)
+        self._check_model()
+        self.scored = param_sites.served(self.model)  # what the step and the evaluations run
+        for callback in callbacks:  # a KL warm-up's beta
+            if callable(getattr(callback, "wrap", None)):
+                self.scored = callback.wrap(self.scored)
+        self.optimizer = make_optimizer(config.optimizer, [p for p in self.model.parameters() if p.requires_grad],
+                                        config.lr, config.weight_decay)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        shard = (lambda index: processes.shard(torch.arange(len(index), device=device))) if processes.distributed \
+            else (lambda index: None)
+        traced_by_pyro = OBJECTIVES[config.objective].traced_by_pyro
+        # A graph is traced for one batch shape: a traced objective drops a smaller last batch.
+        self.batches = Minibatches(self.prepared, config.batch_size, self.generator,
+                                   lambda rows: arguments(self.model, self.prepared.data, rows, training=True),
+                                   shard, drop_last=traced_by_pyro)
+        self.compile = "none" if traced_by_pyro and config.compile == "auto" \
+            else choose_compile(config.compile, config.epochs * self.batches.steps_per_epoch)
+        self.step_fn = TrainingStep(processes.wrap(ObjectiveLoss(self.scored, self.objective, config.precision), device),
+                                    self.optimizer, config.clip_grad_norm, compile=self.compile,
+                                    validate=config.validate)
+        self.recipe = recipes.recipe_of(self.model, recipe)
+        self.facts = runstate.run_facts(config, self.recipe, in_memory, device, processes,
+                                        num_train(self.prepared.data))
+        self.state = State(self.model, self.optimizer, config, out, self.batches.steps_per_epoch, scored=self.scored,
+                           main=processes.main, data=self.prepared.data, num_data=self.facts["num_data"])
 
-def prepare(data: ImageData, config: TrainConfig, device: torch.device) -> tuple[ImageData, bool, tuple]:
-    """The data as the configuration asks: binarized, on the device, checked against a built-in likelihood.
+    def _check_model(self) -> None:
+        """The contract, on a tiny batch (:mod:`pyro_vae.contract`), and the model's ``pyro.param`` sites
+        adopted; both draw from their own random stream, so training draws what it would without them."""
+        part = self.prepared.parts[0]
+        rows = tuple(t[:2] for t in part.rows)
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            if self.prepared.dynamic:
+                rows = (binarize_once(rows[0]),) + rows[1:]
+            probe = arguments(self.model, self.prepared.data, rows, training=True)
+            check_model(self.model, probe, self.config.objective, self.objective, part.size,
+                        allow_mc_kl=self.config.allow_mc_kl, precision=self.config.precision,
+                        eval_particles=self.config.eval_particles)
+            param_sites.adopt(self.model, probe, {"num_data": part.size})
 
-    Returns the data, whether training batches are binarized dynamically, and the fixed subset
-    of training images (and their labels, or ``None``) on which the train ELBO is estimated.
-    """
-    data, dynamic = prepare_binarization(data.to(device), config.binarize)
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
-    chosen = order[:TRAIN_EVAL_SIZE].to(device)
-    train_eval_x = data.train[chosen]
-    if dynamic:
-        train_eval_x = binarize_once(train_eval_x)
-    train_eval = (train_eval_x, None if data.train_labels is None else data.train_labels[chosen])
-    if config.likelihood is not None:
-        likelihood = LIKELIHOODS[config.likelihood]
-        if not dynamic:
-            likelihood.check_support(data.train, f"the {data.name} training data")
-        likelihood.check_support(data.test, f"the {data.name} test data")
-    if config.batch_size > len(data.train):
-        raise ConfigError(f"batch-size {config.batch_size} exceeds the {len(data.train)} training images: "
-                          f"pass --batch-size {len(data.train)} or less")
-    return data, dynamic, train_eval
-
-
-def labels_of(model: nn.Module) -> str:
-    """What the model takes besides images: ``"none"``, ``"all"`` or ``"some"`` (its ``labels``, default ``"none"``)."""
-    labels = getattr(model, "labels", "none")
-    if labels not in ("none", "all", "some"):
-        raise ConfigError(f"{type(model).__name__}.labels is {labels!r}: it must be 'none', 'all' or 'some'")
-    return labels
-
-
-def inputs(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor]) -> tuple:
-    """The arguments of ``model`` and ``guide`` for images ``x`` with labels ``y`` (the model's ``inputs``
-    if it has one; else ``(x,)``, or ``(x, y)`` for a model whose ``labels`` are ``"all"``)."""
-    if hasattr(model, "inputs"):
-        return model.inputs(x, y)
-    return (x, y) if labels_of(model) == "all" else (x,)
-
-
-def training_parts(model: nn.Module, data: ImageData) -> list[tuple]:
-    """The parts of the training data as ``(images, labels or None, size)``, the largest first.
-
-    ``size`` is how many datapoints the part counts as in the objective (the ``num_data`` its
-    minibatches are scaled to): its number of images, times ``labelled_weight`` for the labelled
-    part of a semi-supervised model. Kingma et al.'s objective sums the bounds of all images, each
-    counted once (``labelled_weight = 1``); ``labelled_weight = N_unlabelled / N_labelled`` gives
-    both parts equal weight. The labelled subset is drawn with :data:`LABELLED_SEED`, the same for
-    every run.
-    """
-    labels = labels_of(model)
-    if labels == "none":
-        return [(data.train, None, len(data.train))]
-    if data.train_labels is None:
-        raise ConfigError(f"{type(model).__name__} needs class labels, which {data.name} does not have: use data "
-                          "with labels (--dataset mnist, or train_labels in a data file)")
-    if labels == "all":
-        return [(data.train, data.train_labels, len(data.train))]
-    per_class = getattr(model, "labels_per_class", None)
-    if not isinstance(per_class, int) or per_class < 1:
-        raise ConfigError(f"{type(model).__name__} has labels = 'some' but no labels_per_class (a positive integer): "
-                          "set it to the number of labelled images per class")
-    labelled = labelled_subset(data.train_labels, per_class, LABELLED_SEED).to(data.train.device)
-    unlabelled = torch.ones(len(data.train), dtype=torch.bool, device=data.train.device)
-    unlabelled[labelled] = False
-    weight = getattr(model, "labelled_weight", 1.0)
-    return [(data.train[unlabelled], None, int(unlabelled.sum())),
-            (data.train[labelled], data.train_labels[labelled], len(labelled) * weight)]
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and device, recorded with every run for reproducibility."""
-    import torchvision
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "torchvision": torchvision.__version__, "device": str(device), "platform": platform.platform()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _train(model: nn.Module, data: ImageData, config: TrainConfig, model_recipe: Optional[dict],
-           checkpoint: Optional[dict], in_memory: bool, progress: bool, processes: distributed.Processes,
-           device: torch.device, out: Path) -> Run:
-    # The global random stream (Pyro's draws) was seeded with config.seed before the model was built
-    # (:func:`fit`, :func:`pyro_vae.train`) and goes on from there; a resumed run restores it below.
-    data, dynamic, train_eval = prepare(data, config, device)
-    model = model.to(device)
-    parts = training_parts(model, data)
-    if config.objective is None:
-        config.objective = getattr(model, "default_objective", "meanfield")
-    objective = make_objective(config.objective, config.particles)
-    probe_x, probe_y, part_size = parts[0][0][:2], None if parts[0][1] is None else parts[0][1][:2], parts[0][2]
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        # The check draws from its own stream: training draws what it would draw without it.
-        probe = inputs(model, binarize_once(probe_x) if dynamic else probe_x, probe_y)
-        check_model(model, probe, config.objective, objective, part_size, allow_mc_kl=config.allow_mc_kl,
-                    precision=config.precision)
-        param_sites.adopt(model, probe, {"num_data": part_size})  # pyro.param sites, trained as SVI trains them
-    scored = param_sites.served(model)  # what the step and the evaluations run
-    optimizer = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr,
-                               config.weight_decay)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    num_data = len(data.train)
-    # A compiled objective is traced for one batch shape: it drops a smaller last batch.
-    main_batches = IndexCycle(len(parts[0][0]), config.batch_size, generator, config.objective.startswith("jit"))
-    steps_per_epoch = main_batches.batches_per_pass
-    # "auto" compiles by the run's length; Pyro's JIT objectives are compiled by TorchScript already.
-    compile_mode = "none" if config.compile == "auto" and config.objective.startswith("jit") \
-        else choose_compile(config.compile, config.epochs * steps_per_epoch)
-    step_fn = TrainingStep(processes.wrap(ObjectiveLoss(scored, objective, config.precision), device), optimizer,
-                           config.clip_grad_norm, compile=compile_mode)
-    model_recipe = recipes.recipe_of(model, model_recipe)
-    history: list[dict] = []
-    first_epoch, samples_seen, seconds_before = 1, 0, 0.0
-    position = None
-    if checkpoint is not None:
-        first_epoch, samples_seen, history = checkpoint["epoch"] + 1, checkpoint["samples_seen"], checkpoint["history"]
-        seconds_before = checkpoint.get("seconds", history[-1]["seconds"] if history else 0.0)
-        position = checkpoint.get("position")
-        _restore(checkpoint, model, optimizer, generator, device, processes)
-    elif processes.main:
-        write_json(out / "config.json", {"config": asdict(config), "recipe": model_recipe,
-                                         "environment": environment(device)})
-    if checkpoint is None and processes.rank > 0:  # its own draws of z; the data generator stays shared
-        pyro.set_rng_seed(config.seed + 7919 * processes.rank + 1)
-    start_time = time.perf_counter() - seconds_before
-
-    def save(epoch: int, step: int = 0, others: Sequence[IndexCycle] = (), total_loss: float = 0.0) -> None:
-        """A checkpoint after ``step`` steps of epoch ``epoch + 1`` (0: at the end of epoch ``epoch``)."""
-        random_states = processes.gather({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device)
-                                          if device.type == "cuda" else torch.zeros(0, dtype=torch.uint8)})
-        if not processes.main:
-            return
-        state = {"config": asdict(config), "recipe": model_recipe, "data_in_memory": in_memory,
-                 "data_dim": data.data_dim, "image_shape": list(data.image_shape), "num_data": num_data,
-                 "device_type": device.type, "world_size": processes.world_size,
-                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch, "samples_seen": samples_seen, "history": history,
-                 "seconds": time.perf_counter() - start_time,
-                 "rng": {**random_states[0], "generator": generator.get_state(), "ranks": random_states}}
-        if step:
-            state["position"] = {"step": step, "main": main_batches.state(), "others": [o.state() for o in others],
-                                 "total_loss": total_loss}
-        save_checkpoint(out / "checkpoint.pt", state)
-
-    def batch(part: tuple, index: torch.Tensor) -> tuple[tuple, int]:
-        """This process's share of a minibatch of a data part, as (model arguments, part size)."""
-        x, y, size = part
-        x_batch = draw_batch(x, index, generator, dynamic)  # every process draws the whole minibatch
-        if processes.distributed:
-            mine = processes.shard(torch.arange(len(index), device=device))
-            x_batch, index = x_batch[mine], index[mine]
-        return (x_batch,) if y is None else (x_batch, y[index]), size
-
-    def stop_requested(signals: StopSignals) -> int:
-        """The signal that asked every process to stop, or 0 (a sync across processes when distributed)."""
-        return processes.max(torch.tensor(signals.signal or 0)) if processes.distributed else (signals.signal or 0)
-
-    # A private parameter store: the networks register in it under their own names (Pyro's JIT
-    # objectives read parameters from it) without touching the caller's global store.
-    # Pyro's validation checks (on by default) run once in check_model; the steps skip them unless asked.
-    with pyro.get_param_store().scope(), validation(config.validate), StopSignals() as signals, \
-            tqdm(total=config.epochs * steps_per_epoch, initial=(first_epoch - 1) * steps_per_epoch,
-                 desc=f"{data.name} {config.model.rpartition(':')[2]} {config.objective}", unit="step",
-                 disable=not (progress and processes.main)) as bar:
-        for epoch in range(first_epoch, config.epochs + 1):
-            total_loss = torch.zeros((), device=device)
-            first_bad_step = torch.zeros((), dtype=torch.long, device=device)
-            # The first part sets the epoch; the others (labelled images) are cycled alongside it.
-            others = [IndexCycle(len(part[0]), min(config.batch_size, len(part[0])), generator) for part in parts[1:]]
-            first_step = 0
-            if position is not None:  # continue the epoch a stopped run was in
-                first_step = position["step"]
-                main_batches.restore(position["main"])
-                for cycle, state in zip(others, position["others"]):
-                    cycle.restore(state)
-                total_loss += position["total_loss"]
-                bar.update(first_step)
+    def run(self, checkpoint: Optional[dict], progress: bool) -> Run:
+        """Train from scratch or from ``checkpoint``, then make the final report."""
+        position = self._start(checkpoint)
+        config, state = self.config, self.state
+        self.started = time.perf_counter() - state.seconds
+        bar = tqdm(total=config.epochs * state.steps_per_epoch, initial=state.step, unit="step",
+                   desc=f"{self.prepared.data.name} {config.model.rpartition(':')[2]} {config.objective}",
+                   disable=not (progress and self.processes.main))
+        # A private parameter store: the networks register in it under their own names (Pyro's JIT
+        # objectives read parameters from it) without touching the caller's global store.
+        with pyro.get_param_store().scope(), pyro.validation_enabled(config.validate), StopSignals() as signals, bar:
+            notify(self.callbacks, "on_fit_start", state)
+            while state.epoch <= config.epochs and not state.should_stop:
+                self._epoch(position, signals, bar)
                 position = None
-            for step in range(first_step + 1, steps_per_epoch + 1):
-                index = next(main_batches)
-                batches = [batch(parts[0], index)] + [batch(part, next(cycle)) for part, cycle in zip(parts[1:], others)]
-                loss, finite = step_fn(batches)
-                total_loss += loss
-                samples_seen += len(index) + sum(min(config.batch_size, len(part[0])) for part in parts[1:])
-                # Recorded on the device, read at the next sync: no host sync per step.
-                first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
-                bar.update()
-                saving = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
-                at_sync = step % 50 == 0 or step == steps_per_epoch or saving
-                if at_sync:  # and before any checkpoint: a bad step's weights are never saved
-                    bad_step = processes.max(first_bad_step)
-                    if bad_step:
-                        raise TrainingError(
-                            f"the loss or its gradient became non-finite in epoch {epoch} at step {bad_step}: "
-                            f"lower --lr or set --clip-grad-norm; the last good checkpoint is kept in {out}")
-                    bar.set_postfix(epoch=epoch, objective=f"{-total_loss.item() / step / num_data:.2f}")
-                if step < steps_per_epoch:
-                    stop = stop_requested(signals) if at_sync or not processes.distributed else 0
-                    if stop and not at_sync and processes.max(first_bad_step):
-                        continue  # the sync at the end of the epoch reports the bad step
-                    if stop or saving:
-                        save(epoch - 1, step, others, total_loss.item())
-                    if stop:
-                        raise _interrupted(stop, out, f"epoch {epoch}, after step {step} of {steps_per_epoch}")
-            evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
-            if processes.main and evaluated:
-                record = {"epoch": epoch, "samples_seen": samples_seen,
-                          **evaluate(scored, train_eval, "train", config.precision),
-                          **evaluate(scored, (data.test, data.test_labels), "test", config.precision),
-                          "seconds": time.perf_counter() - start_time}
-                history.append(record)
-                bar.set_postfix(epoch=epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
-                write_json(out / "history.json", history)
-            stop = stop_requested(signals)
-            if evaluated or stop:
-                save(epoch)
-            if stop:
-                raise _interrupted(stop, out, f"the end of epoch {epoch}")
-    training_seconds = time.perf_counter() - start_time
-    if hasattr(model, param_sites.ATTRIBUTE):
-        model.pyro_params.install()  # in Pyro's param store, as SVI leaves them
-    if not processes.main:
-        return Run(model, config, data, history, {}, out)
+        if hasattr(self.model, param_sites.ATTRIBUTE):
+            self.model.pyro_params.install()  # in Pyro's param store, as SVI leaves them
+        return self._finish(progress, time.perf_counter() - self.started)
 
-    with validation(config.validate):
-        test_ll = evaluation.log_likelihood(scored.model, scored.guide, inputs(model, data.test, data.test_labels),
-                                            config.eval_particles, progress=progress, precision=config.precision)
-    final = {key: value for key, value in history[-1].items() if key.startswith(("train_", "test_"))}
-    skipped = plots.draw_run_pictures(model, data, history, out, inputs(model, data.test[:10],
-                                      None if data.test_labels is None else data.test_labels[:10]))
-    metrics = {**final, "test_log_likelihood": test_ll.mean, "test_log_likelihood_stderr": test_ll.stderr,
-               "test_log_likelihood_particles": test_ll.num_particles, "scoring": test_ll.scoring,
-               "samples_seen": samples_seen,
-               "seconds": training_seconds, "seconds_per_epoch": training_seconds / config.epochs,
-               "pictures_skipped": skipped, "config": asdict(config), "recipe": model_recipe,
-               "environment": {**environment(device), "training_step": step_fn.mode}}
-    write_json(out / "metrics.json", metrics)
-    return Run(model, config, data, history, metrics, out, test_ll)
+    def _start(self, checkpoint: Optional[dict]) -> Optional[dict]:
+        """Restore a checkpoint, or record the new run's configuration; returns where a stopped epoch was."""
+        if checkpoint is not None:
+            return runstate.restore(checkpoint, self.state, self.generator, self.processes, self.callbacks)
+        if self.processes.main:
+            write_json(self.out / "config.json", {"config": self.facts["config"], "recipe": self.recipe,
+                                                  "environment": report.environment(self.device)})
+        runstate.seed_other_ranks(self.config, self.processes)
+        return None
 
+    def _epoch(self, position: Optional[dict], signals: StopSignals, bar) -> None:
+        """The steps of epoch ``state.epoch`` (from a stopped epoch's ``position``), its evaluation and checkpoint."""
+        state = self.state
+        self.batches.start_epoch(position)
+        total_loss = torch.zeros((), device=self.device) + (position["total_loss"] if position else 0.0)
+        first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
+        for step in range((position["step"] if position else 0) + 1, state.steps_per_epoch + 1):
+            batches, drawn = self.batches.draw()
+            state.loss, finite = self.step_fn(batches)
+            state.grad_norm = self.step_fn.grad_norm
+            total_loss += state.loss
+            state.step, state.samples_seen = state.step + 1, state.samples_seen + drawn
+            state.seconds = time.perf_counter() - self.started
+            # Recorded on the device, read at the next sync: no host sync per step.
+            first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
+            bar.update()
+            notify(self.callbacks, "on_step_end", state)
+            if step < state.steps_per_epoch and self._stop_inside_epoch(step, first_bad_step, total_loss, signals, bar):
+                return
+        self._refuse_bad_step(first_bad_step)
+        objective = -total_loss.item() / state.steps_per_epoch / self.facts["num_data"]
+        bar.set_postfix(epoch=state.epoch, objective=f"{objective:.2f}")
+        self._evaluate_and_save(signals, bar)
 
-def _interrupted(signal_number: int, out: Path, where: str) -> TrainingInterrupted:
-    return TrainingInterrupted(f"stopped by {signal.Signals(signal_number).name} at {where}; the checkpoint is "
-                               f"saved: continue with 'pyro-vae train --resume {out}'", signal_number)
+    def _stop_inside_epoch(self, step: int, first_bad_step: torch.Tensor, total_loss: torch.Tensor,
+                           signals: StopSignals, bar) -> bool:
+        """After a step inside an epoch: every :data:`SYNC_EVERY` steps refuse a non-finite step and show the
+        objective; save a checkpoint when one is due, a signal or a callback asks to stop (then stop)."""
+        state, config, processes = self.state, self.config, self.processes
+        saving = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+        at_sync = step % SYNC_EVERY == 0 or saving
+        if at_sync:  # and before any checkpoint: a bad step's weights are never saved
+            self._refuse_bad_step(first_bad_step)
+            bar.set_postfix(epoch=state.epoch, objective=f"{-total_loss.item() / step / self.facts['num_data']:.2f}")
+        if processes.distributed:  # the stop of a signal or of a callback (run on the main process) is everyone's
+            signal_number = processes.max(torch.tensor(signals.signal or 0)) if at_sync else 0
+            state.should_stop = bool(processes.max(torch.tensor(int(state.should_stop)))) if at_sync else False
+        else:
+            signal_number = signals.signal or 0
+        stop = signal_number or state.should_stop
+        if stop and not at_sync and processes.max(first_bad_step):
+            return False  # the sync at the end of the epoch reports the bad step
+        if stop or saving:
+            self._save({"step": step, **self.batches.state(), "total_loss": total_loss.item()})
+        if signal_number:
+            raise self._interrupted(signal_number, f"epoch {state.epoch}, after step {step} of {state.steps_per_epoch}")
+        return state.should_stop
 
+    def _refuse_bad_step(self, first_bad_step: torch.Tensor) -> None:
+        bad_step = self.processes.max(first_bad_step)
+        if bad_step:
+            raise TrainingError(f"the loss or its gradient became non-finite in epoch {self.state.epoch} at step "
+                                f"{bad_step}: lower --lr or set --clip-grad-norm; the last good checkpoint is kept "
+                                f"in {self.out}")
 
-def evaluate(model: nn.Module, data: tuple, split: str, precision: str) -> dict:
-    """``{split}_elbo`` per datapoint (one draw each) of images and labels ``data``, and for a model
-    with a classifier ``{split}_accuracy``."""
-    x, y = data
-    figures = {f"{split}_elbo": evaluation.elbo(model.model, model.guide, inputs(model, x, y), precision=precision).mean}
-    if hasattr(model, "classify") and y is not None:
-        figures[f"{split}_accuracy"] = evaluation.accuracy(model, x, y)
-    return figures
+    def _stop_requested(self, signals: StopSignals) -> int:
+        """The signal that asked every process to stop, or 0 (a sync across processes when distributed)."""
+        if self.processes.distributed:
+            return self.processes.max(torch.tensor(signals.signal or 0))
+        return signals.signal or 0
 
+    def _evaluate_and_save(self, signals: StopSignals, bar) -> None:
+        """After an epoch: evaluate every ``eval_every`` epochs and at the last, checkpoint, tell the callbacks."""
+        state, config = self.state, self.config
+        evaluated = state.epoch % config.eval_every == 0 or state.epoch == config.epochs
+        record = None
+        state.seconds = time.perf_counter() - self.started
+        if self.processes.main and evaluated:
+            record = report.record(self.model, self.scored, self.prepared, config, state.epoch, state.samples_seen,
+                                   state.seconds, self.compile)
+            state.history.append(record)
+            bar.set_postfix(epoch=state.epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
+            write_json(self.out / "history.json", state.history)
+        signal_number = self._stop_requested(signals)
+        if evaluated or signal_number:
+            self._save(None)
+        if record is not None:
+            notify(self.callbacks, "on_evaluation", state, record)
+        if self.processes.distributed:  # a callback's stop is every process's
+            state.should_stop = bool(self.processes.max(torch.tensor(int(state.should_stop))))
+        if signal_number:
+            raise self._interrupted(signal_number, f"the end of epoch {state.epoch}")
+        state.epoch += 1
 
-def _restore(checkpoint: dict, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-             device: torch.device, processes: distributed.Processes) -> None:
-    """Put model, optimizer and this process's random states back as the checkpoint recorded them."""
-    if checkpoint.get("device_type") != device.type:
-        raise ConfigError(f"the checkpoint was written on {checkpoint.get('device_type')}: resume it with "
-                          f"--device {checkpoint.get('device_type')} to continue the same random streams")
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise ConfigError(f"the checkpoint does not fit its own configuration ({error}): it was edited or "
-                          "written by another version") from None
-    ranks = checkpoint["rng"].get("ranks", [checkpoint["rng"]])
-    if processes.rank < len(ranks):
-        torch.set_rng_state(ranks[processes.rank]["torch"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(ranks[processes.rank]["cuda"], device)
-    else:  # more processes than wrote the checkpoint: the newcomers draw fresh streams
-        pyro.set_rng_seed(TrainConfig.from_dict(checkpoint["config"]).seed + 7919 * processes.rank + 1)
-    if len(ranks) != processes.world_size and processes.main:
-        warnings.warn(f"the checkpoint was written by {len(ranks)} process(es) and is resumed by "
-                      f"{processes.world_size}: the run continues, but not with the same random draws", RuntimeWarning)
-    generator.set_state(checkpoint["rng"]["generator"])
+    def _save(self, position: Optional[dict]) -> None:
+        runstate.save(self.out / "checkpoint.pt", self.state, self.facts, self.generator, self.processes, position,
+                      self.callbacks)
+
+    def _interrupted(self, signal_number: int, where: str) -> TrainingInterrupted:
+        import signal
+
+        return TrainingInterrupted(f"stopped by {signal.Signals(signal_number).name} at {where}; the checkpoint is "
+                                   f"saved: continue with 'pyro-vae train --resume {self.out}'", signal_number)
+
+    def _finish(self, progress: bool, seconds: float) -> Run:
+        """The final report on the main process (:mod:`pyro_vae.report`), then the callbacks' end."""
+        state, config = self.state, self.config
+        if not self.processes.main:
+            return Run(self.model, config, self.prepared.data, state.history, {}, self.out)
+        epochs = max(1, min(state.epoch - 1, config.epochs))
+        facts = {"samples_seen": state.samples_seen, "seconds": seconds, "seconds_per_epoch": seconds / epochs,
+                 "stopped_early": state.epoch <= config.epochs,
+                 "environment": {**report.environment(self.device), "training_step": self.step_fn.mode}}
+        state.metrics, test_ll = report.final(self.model, self.scored, self.prepared, state.history, config,
+                                              self.recipe, self.out, progress, self.compile, facts)
+        notify(self.callbacks, "on_fit_end", state)
+        return Run(self.model, config, self.prepared.data, state.history, state.metrics, self.out, test_ll)

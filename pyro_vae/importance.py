@@ -20,6 +20,12 @@ against each other (a log-mean-exp, ranks) it is refused (:meth:`LogDensity.refu
 Sites outside the data plate (global latents, as in the AEVB paper's Appendix F) are summed
 apart, once, not once per datapoint (:attr:`LogDensity.global_`).
 
+**Model-side enumeration.** A discrete site of the model marked ``infer={"enumerate": "parallel"}``
+and absent from the guide is enumerated (``poutine.enum``, left of the particles) and summed out of
+each datapoint's weight, log p(x, z_k) = log sum_y p(x, z_k, y), as Pyro's TraceEnum_ELBO sums it
+out: by brute force over the joint values of a datapoint's enumerated sites, exact and exponential
+in their number. It must sit in the data plate itself (not outside it, not in a nested plate).
+
 **Path derivatives.** With ``path_derivative=True`` the guide's log-density is evaluated with
 its distributions' parameters detached: log q_{stop(phi)}(z_k|x). Its value is unchanged, but its
 gradient keeps only the path through the reparameterized sample z_k = z(eps_k, phi) and drops
@@ -68,12 +74,16 @@ def importance_traces(model: Callable, guide: Callable, num_particles: int, *arg
     """The model and guide traces of ``num_particles`` vectorized draws z_k ~ q(z|x).
 
     The guide runs under a :class:`ParticlePlate` left of the data plate, and the model is replayed
-    against its samples. With ``shared_globals`` a site outside the data plate is drawn once for all
-    particles; otherwise once per particle, as Pyro's ``vectorize_particles`` draws it.
+    against its samples under ``poutine.enum``: a model site marked ``infer={"enumerate": "parallel"}``
+    that the guide lacks takes all its values in a dim left of the particles. With ``shared_globals``
+    a site outside the data plate is drawn once for all particles; otherwise once per particle, as
+    Pyro's ``vectorize_particles`` draws it.
     """
     with ParticlePlate(num_particles, max_plate_nesting, shared_globals):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        # The guide's sites are replayed (done) before poutine.enum sees them; it enumerates the rest.
+        replayed = poutine.enum(poutine.replay(model, trace=guide_trace), first_available_dim=-(max_plate_nesting + 2))
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     return model_trace, guide_trace
 
 
@@ -159,7 +169,8 @@ def _plate_scales(site: dict, data) -> tuple[float, float]:
 
 def trace_log_density(trace: Trace, detach_parameters: bool = False, site_scales: bool = True) -> LogDensity:
     """A trace's log-density as Pyro scores its sites (``log_prob`` after ``scale_and_mask``), split
-    into datapoints and global sites (see :class:`LogDensity` and the module's docstring).
+    into datapoints and global sites (see :class:`LogDensity` and the module's docstring), with the
+    model's enumerated sites summed out of each datapoint's part (:func:`_sum_out_enumerated`).
 
     With ``detach_parameters`` each site's distribution is evaluated with detached parameters; with
     ``site_scales=False`` a scale besides the plates' (a beta) is left out: the model's own density.
@@ -172,6 +183,7 @@ def trace_log_density(trace: Trace, detach_parameters: bool = False, site_scales
         every, others = _plate_scales(site, data)
         site_scale = site["scale"] / every if site_scales else 1.0  # 1.0 exactly unless poutine.scale is at work
         log_prob = scale_and_mask(log_prob, site_scale * others, site["mask"])
+        _check_enumerated(site, data)
         if data is None:
             global_sites.append(site["name"])
             particles = any(frame.name == PARTICLES for frame in site["cond_indep_stack"])
@@ -180,10 +192,34 @@ def trace_log_density(trace: Trace, detach_parameters: bool = False, site_scales
         if not is_identically_one(site_scale):
             scaled.append(site["name"])
         scale = (data.full_size or data.size) / data.size
-        while log_prob.dim() > 2:  # plates nested inside the data plate
-            log_prob = log_prob.sum(-1)
+        if data.dim < -1:  # plates nested inside the data plate
+            log_prob = log_prob.sum(tuple(range(data.dim + 1, 0)))
+        if log_prob.dim() > 2 and not is_identically_one(site_scale * others):
+            raise ConfigError(f"site {site['name']!r} enters the sum over enumerated values with a scale besides the "
+                              "data plate's, which cannot be applied inside that sum: remove its poutine.scale, or "
+                              "subsample the data plate only")
         local = local + log_prob
-    return LogDensity(local, global_, scale, tuple(scaled), tuple(global_sites))
+    return LogDensity(_sum_out_enumerated(local), global_, scale, tuple(scaled), tuple(global_sites))
+
+
+def _check_enumerated(site: dict, data) -> None:
+    """Refuse a site enumerated in the model outside the data plate or inside a plate nested in it."""
+    if site["infer"].get("_enumerate_dim") is None:
+        return
+    plates = [frame for frame in site["cond_indep_stack"] if frame.vectorized and frame.name != PARTICLES]
+    if data is None or plates != [data]:
+        where = "outside the data plate" if data is None else "inside a plate nested in the data plate"
+        raise ConfigError(f"site {site['name']!r} is enumerated in the model {where}, which importance weights per "
+                          "datapoint cannot sum out: enumerate it in the data plate itself, or sample it in the guide")
+
+
+def _sum_out_enumerated(local: Union[torch.Tensor, float]) -> Union[torch.Tensor, float]:
+    """log sum_y exp(local) over the enumerated values y in the dims left of ``(K, B)``: log p(x, z_k), y
+    summed out of p(x, z_k, y), by brute force over the joint values of a datapoint's enumerated sites (exact,
+    and exponential in their number, unlike TraceEnum_ELBO's variable elimination)."""
+    if not isinstance(local, torch.Tensor) or local.dim() <= 2:
+        return local
+    return local.logsumexp(tuple(range(local.dim() - 2)))
 
 
 def trace_log_weights(model_trace: Trace, guide_trace: Trace, path_derivative: bool = False,

@@ -7,8 +7,8 @@ name               K     estimator
 ``meanfield``      1     :class:`~pyro.infer.TraceMeanField_ELBO`: analytic KL, estimator B (eq. 7)
 ``tracegraph``     1     :class:`~pyro_vae.estimators.TraceGraphELBO`: Pyro's TraceGraph_ELBO with a
                          ``differentiable_loss``
-``enum``           1     :class:`~pyro.infer.TraceEnum_ELBO`: ``trace`` with the guide's discrete sites marked
-                         for enumeration summed out exactly (the class y of M2)
+``enum``           1     :class:`~pyro.infer.TraceEnum_ELBO`: ``trace`` with the discrete sites marked for
+                         enumeration summed out exactly, in the guide (the class y of M2) or the model
 ``jit-trace``      1     :class:`~pyro.infer.JitTrace_ELBO`, the same as ``trace`` compiled by TorchScript
 ``jit-meanfield``  1     :class:`~pyro.infer.JitTraceMeanField_ELBO`
 ``stl``            1     :class:`~pyro_vae.estimators.StickingTheLandingELBO`: the ELBO with the
@@ -61,7 +61,11 @@ single-layer VAE that holds trivially. In expectation it equals ``trace``: both 
 same ELBO, ``meanfield`` with the KL term computed exactly, hence lower variance. ``stl`` and
 ``dreg`` need a fully reparameterized guide whose latent sites do not depend on each other's
 samples (:mod:`pyro_vae.estimators`). Only ``trace``, ``tracegraph`` and ``enum`` handle
-discrete latent variables.
+discrete latent variables of the guide. A discrete site of the model marked
+``infer={"enumerate": "parallel"}`` and absent from the guide is summed out exactly by ``enum``
+and by the objectives built on importance weights (``stl``, ``iwae``, ``dreg``, ``renyi-0.5``,
+``tail-adaptive``: :mod:`pyro_vae.importance`); the others would draw it from its prior, and the
+contract refuses them (:attr:`Objective.handles_model_enumeration`).
 
 **What a model declares.** :func:`check_objective` refuses an objective whose assumptions a
 model's guide breaks, as the model declares them in two attributes (absent means ``True``):
@@ -108,6 +112,11 @@ class Objective:
         :class:`~pyro.infer.TraceMeanField_ELBO`), which is what ``meanfield`` adds to ``trace``.
     :param handles_global_latents: takes sample sites outside the data plate (global latent
         variables); the others weigh each datapoint's particles apart and refuse them.
+    :param traced_by_pyro: Pyro compiles it with TorchScript for one batch shape (its ``Jit*`` ELBOs):
+        the engine then runs it eagerly by default and drops a smaller last minibatch.
+    :param handles_model_enumeration: sums out a discrete site of the model marked
+        ``infer={"enumerate": "parallel"}`` that the guide lacks (Pyro's TraceEnum_ELBO, or the
+        importance weights of :mod:`pyro_vae.importance`); the others would draw it from its prior.
     """
 
     name: str
@@ -119,6 +128,8 @@ class Objective:
     needs_reparameterized_guide: bool = True
     analytic_kl: bool = False
     handles_global_latents: bool = True
+    handles_model_enumeration: bool = False
+    traced_by_pyro: bool = False
 
     def __post_init__(self):
         if not 1 <= self.least_particles <= self.default_particles:
@@ -160,30 +171,35 @@ register(Objective(
 # No warning for labelled batches, which have nothing to enumerate.
 register(Objective(
     "enum", lambda k, n: TraceEnum_ELBO(strict_enumeration_warning=False, **_particles(k, n)),
-    "TraceEnum_ELBO: discrete guide sites marked for enumeration summed out", needs_reparameterized_guide=False))
+    "TraceEnum_ELBO: discrete sites marked for enumeration summed out", needs_reparameterized_guide=False,
+    handles_model_enumeration=True))
 register(Objective(
     "jit-trace", lambda k, n: JitTrace_ELBO(ignore_jit_warnings=True, **_particles(k, n)),
-    "JitTrace_ELBO: trace compiled by TorchScript"))
+    "JitTrace_ELBO: trace compiled by TorchScript", traced_by_pyro=True))
 register(Objective(
     "jit-meanfield", lambda k, n: JitTraceMeanField_ELBO(ignore_jit_warnings=True, **_particles(k, n)),
-    "JitTraceMeanField_ELBO: meanfield compiled by TorchScript", needs_mean_field_guide=True, analytic_kl=True))
+    "JitTraceMeanField_ELBO: meanfield compiled by TorchScript", needs_mean_field_guide=True, analytic_kl=True,
+    traced_by_pyro=True))
 register(Objective(
     "stl", lambda k, n: StickingTheLandingELBO(k, n),
-    "the ELBO with the sticking-the-landing gradient (Roeder et al. 2017)", needs_mean_field_guide=True))
+    "the ELBO with the sticking-the-landing gradient (Roeder et al. 2017)", needs_mean_field_guide=True,
+    handles_model_enumeration=True))
 register(Objective(
     "iwae", lambda k, n: ImportanceWeightedELBO(k, max_plate_nesting=n),
-    "the importance-weighted bound (Burda et al. 2016), per datapoint", default_particles=5, least_particles=2))
+    "the importance-weighted bound (Burda et al. 2016), per datapoint", default_particles=5, least_particles=2,
+    handles_model_enumeration=True))
 register(Objective(
     "dreg", lambda k, n: DoublyReparameterizedELBO(k, n),
     "the IWAE bound with the doubly reparameterized gradient (Tucker et al. 2018)", default_particles=5,
-    least_particles=2, needs_mean_field_guide=True))
+    least_particles=2, needs_mean_field_guide=True, handles_model_enumeration=True))
 register(Objective(
     "renyi-0.5", lambda k, n: ImportanceWeightedELBO(k, alpha=0.5, max_plate_nesting=n),
-    "the Renyi bound with alpha = 0.5 (Li & Turner 2016), per datapoint", default_particles=5, least_particles=2))
+    "the Renyi bound with alpha = 0.5 (Li & Turner 2016), per datapoint", default_particles=5, least_particles=2,
+    handles_model_enumeration=True))
 register(Objective(
     "tail-adaptive", lambda k, n: TailAdaptiveELBO(k, max_plate_nesting=n),
     "the tail-adaptive f-divergence gradient (Wang et al. 2018), per datapoint", default_particles=5,
-    least_particles=2, handles_global_latents=False))
+    least_particles=2, handles_global_latents=False, handles_model_enumeration=True))
 
 
 def make_objective(name: str, num_particles: int = 0, max_plate_nesting: int = 1) -> ELBO:

@@ -238,7 +238,7 @@ class CompiledStep:
         the update in a ``"trace"`` graph, parameters on CUDA). Off by default: it has not yet run
         on a GPU (``docs/speed.md``).
 
-    Calling it returns ``(loss, finite)`` with the update inside, else ``(loss, gradients)``.
+    Calling it returns ``(loss, finite, gradient norm)`` with the update inside, else ``(loss, gradients)``.
     Graphs are cached by the shapes, dtypes and devices of the batch tensors, the non-tensor
     arguments, ``num_data``, the module's training flag, the optimizer's options and the plain
     Python state of the module tree (:func:`pyro_vae.tracing.python_state`). The first step of each
@@ -323,7 +323,7 @@ class CompiledStep:
                         update([params[position[id(members[i])]] for i in keep],
                                [grads[position[id(members[i])]] for i in keep],
                                [[column[i] for i in keep] for column in group_states], group)
-                return loss.detach(), torch.isfinite(loss) & torch.isfinite(norm)
+                return loss.detach(), torch.isfinite(loss) & torch.isfinite(norm), norm
 
         # Tracing runs the step on copies: the real parameters and state change only when the graph runs.
         inputs = [p.detach().clone().requires_grad_() for p in self.parameters] \
@@ -423,7 +423,7 @@ class CompiledStep:
             self.graphs.clear()
             self.steps -= 1
             return self(batches)
-        return (loss, rest[0]) if self.updates else (loss, rest)
+        return (loss, *rest) if self.updates else (loss, rest)
 
     def _run_eagerly(self, reason: str, cause: Optional[BaseException] = None) -> NoReturn:
         self._fall_back(f"{reason}; running eagerly")
@@ -488,6 +488,8 @@ class TrainingStep:
         self.validate = validate
         self.distributed = isinstance(loss, nn.parallel.DistributedDataParallel)
         self.compiled: Optional[CompiledStep] = None
+        #: The last step's total gradient norm before clipping (a device tensor), for callbacks.
+        self.grad_norm: Optional[torch.Tensor] = None
         if compile != "none" and validate:
             warnings.warn(f"training step: validate=True runs Pyro's checks at every step, which a traced graph "
                           f"cannot; running eagerly instead of compile={compile!r}", RuntimeWarning, stacklevel=2)
@@ -523,7 +525,8 @@ class TrainingStep:
 
     def _compiled_step(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compiled.updates:
-            return self.compiled(batches)
+            loss, finite, self.grad_norm = self.compiled(batches)
+            return loss, finite
         loss, grads = self.compiled(batches)
         if self.distributed:
             self._all_reduce(grads)
@@ -550,6 +553,7 @@ class TrainingStep:
         else:  # a finite loss can have an infinite gradient: check it too, on the device
             norm = _total_norm([p.grad for p in self.parameters if p.grad is not None])
         self.optimizer.step()
+        self.grad_norm = norm
         return loss, torch.isfinite(loss) & torch.isfinite(norm)
 
 

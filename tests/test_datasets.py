@@ -310,8 +310,6 @@ def test_own_data_file_round_trip(tmp_path, suffix):
 @pytest.mark.parametrize("suffix, contents, message", [
     (".npz", dict(train=GOOD), r"holds no 'test' \(it holds \['train'\]\): save the images under the keys"),
     (".pt", dict(images=GOOD, labels=GOOD), r"holds no 'train' or 'test' \(it holds \['images', 'labels'\]\)"),
-    (".npz", dict(train=GOOD, test=GOOD, train_label=np.zeros(4, dtype=int)),
-     r"keys \['train_label'\] that are not read: keep only train, test, train_labels"),
     (".npz", dict(train=np.array([[{}]] * 4, dtype=object), test=GOOD), "pickled Python objects"),
     (".npz", dict(train=GOOD, test=np.full((4, 6), np.nan)), r"rows.npz: test images hold NaN"),
     (".pt", dict(train=GOOD, test=np.full((4, 6), 2.0)), r"rows.pt: test images hold values in \[2, 2\]"),
@@ -326,6 +324,14 @@ def test_bad_own_data_files_are_refused(tmp_path, suffix, contents, message):
     assert "\n" not in str(error.value)
     with pytest.raises(DataError, match=message):  # the command line's --dataset FILE reads it so
         load_dataset(str(path))
+
+
+def test_a_misspelt_key_is_refused_as_images_and_as_tensors(tmp_path):
+    path = save(tmp_path / "rows.npz", dict(train=GOOD, test=GOOD, train_label=np.zeros(4, dtype=int)))
+    with pytest.raises(DataError, match=r"keys \['train_label'\] that are not read: keep only train, test"):
+        ImageData.from_file(path)
+    with pytest.raises(DataError, match="not a test_<name> for every train_<name>: save test_label too"):
+        load_dataset(str(path))  # a key besides the images' makes it TensorData, which pairs every array
 
 
 class Opaque:

@@ -14,7 +14,7 @@ from pyro_vae.importance import log_importance_weights
 from pyro_vae.models import MODELS, build_model
 from pyro_vae.objectives import OBJECTIVES, check_objective, make_objective
 from pyro_vae.step import ObjectiveLoss
-from pyro_vae.engine import training_parts
+from pyro_vae.batches import arguments as batch_arguments, training_parts
 from pyro_vae.recipes import check_arguments
 
 
@@ -30,7 +30,8 @@ def binary(rows=6, seed=0):
 
 
 def arguments(model, x):
-    return model.inputs(x, torch.arange(len(x)) % 3)
+    """A labelled training batch as the engine passes it: with labels where the model takes them."""
+    return batch_arguments(model, None, (x, torch.arange(len(x)) % 3), training=True)
 
 
 OK, MEAN_FIELD, DISCRETE = None, "mean-field", "discrete"
@@ -213,7 +214,9 @@ def test_labelled_weight_counts_each_labelled_image_that_many_times():
     labels = torch.arange(30) % 3
     data = ImageData("toy", binary(30), binary(6), (3, 4), train_labels=labels, test_labels=labels[:6])
     model = small("m2", aux_weight=2.0, labels_per_class=2, labelled_weight=4.5)
-    (unlabelled, _, unlabelled_size), (images, classes, labelled_size) = training_parts(model, data)
+    unlabelled_part, labelled_part = training_parts(model, data)
+    (unlabelled,), unlabelled_size = unlabelled_part.rows, unlabelled_part.size
+    (images, classes), labelled_size = labelled_part.rows, labelled_part.size
     assert (len(unlabelled), unlabelled_size, len(images), labelled_size) == (24, 24, 6, 27.0)
     # The part's size is what its minibatch loss is scaled to: bound and classification loss alike.
     loss = ObjectiveLoss(model, make_objective("enum"))
@@ -237,7 +240,8 @@ def untrained_elbo_gain(run, name, **options):
     estimates = []
     for model in (run.model, untrained):
         pyro.set_rng_seed(1)
-        estimates.append(elbo(model.model, model.guide, model.inputs(run.data.test, run.data.test_labels)))
+        test = batch_arguments(model, run.data, (run.data.test, run.data.test_labels))
+        estimates.append(elbo(model.model, model.guide, test))
     gain = paired_difference(*estimates)
     return gain.mean, gain.stderr, estimates[0].mean
 

@@ -243,7 +243,7 @@ OPTIONS = st.sampled_from(["--latent-dim", "--hidden-dim", "--epochs", "--batch-
 def test_fuzzed_arguments_fail_cleanly(capsys, tmp_path_factory, monkeypatch, pairs):
     """Every combination either is refused with one line and status 2, or would train; nothing
     else (no traceback, no hang). Valid combinations are stopped before training starts."""
-    import pyro_vae.training as training
+    import pyro_vae.engine as engine
 
     class Accepted(Exception):
         pass
@@ -251,7 +251,7 @@ def test_fuzzed_arguments_fail_cleanly(capsys, tmp_path_factory, monkeypatch, pa
     def stop(*args, **kwargs):  # every option is checked before the data is loaded: training would start here
         raise Accepted
 
-    monkeypatch.setattr(training, "load_data", stop)
+    monkeypatch.setattr(engine, "build", stop)  # loads the data and builds the model
     argv = ["train", "--out", str(tmp_path_factory.mktemp("run"))]
     for option, value in pairs:
         argv += [option, value]

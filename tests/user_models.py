@@ -83,3 +83,31 @@ class ParamSiteVAE(nn.Module):
 
 def param_site_vae(data_dim: int, latent_dim: int = 2) -> ParamSiteVAE:
     return ParamSiteVAE(data_dim, latent_dim)
+
+
+class TabularVAE(nn.Module):
+    """Rows (x, t, y): real features x, a binary treatment t, a real outcome y, explained by a latent z
+    (in the spirit of Pyro's CEVAE), taking the data as three tensors."""
+
+    def __init__(self, data_dim: int, latent_dim: int = 2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.x_nn = nn.Linear(latent_dim, data_dim)
+        self.y_nn = nn.Linear(latent_dim + 1, 1)
+        self.z_nn = nn.Sequential(nn.Linear(data_dim + 2, 16), nn.Tanh(), nn.Linear(16, 2 * latent_dim))
+
+    def model(self, x, t, y, num_data: Optional[int] = None) -> None:
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.x_nn(z), 0.5).to_event(1), obs=x)
+            zt = torch.cat([z, t.unsqueeze(-1).expand(*z.shape[:-1], 1)], -1)
+            pyro.sample("y", dist.Normal(self.y_nn(zt).squeeze(-1), 0.5), obs=y)
+
+    def guide(self, x, t, y, num_data: Optional[int] = None) -> None:
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            loc, raw = self.z_nn(torch.cat([x, t.unsqueeze(-1), y.unsqueeze(-1)], -1)).chunk(2, dim=-1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def tabular_vae(data_dim: int, latent_dim: int = 2) -> TabularVAE:
+    return TabularVAE(data_dim, latent_dim)

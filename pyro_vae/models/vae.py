@@ -118,8 +118,9 @@ class VAE(PyroModule):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def inputs(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple:
-        """The arguments of ``model`` and ``guide`` for images ``x`` with labels ``y``."""
-        return (x, y) if self.labels == "all" else (x,)
+        """The arguments of ``model`` and ``guide`` for images ``x`` given labels ``y`` (``None`` where the
+        engine gives none: see :mod:`pyro_vae.batches`)."""
+        return (x,) if y is None else (x, y)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, *args) -> torch.Tensor:
