@@ -112,7 +112,9 @@ import torch  # noqa: E402
 
 from pyro_vae import (ConfigError, PyroVAEError, TrainConfig, TrainingError, evaluation, load_dataset,  # noqa: E402
                       load_run, resume, train)
-from pyro_vae.datasets import binarize_once, load_mnist, prepare_binarization  # noqa: E402
+from pyro_vae.batches import binarize_once, prepare_binarization  # noqa: E402
+from pyro_vae.config import OLD_COMPILE_MODES  # noqa: E402
+from pyro_vae.datasets import load_mnist  # noqa: E402
 from pyro_vae.errors import TrainingInterrupted  # noqa: E402
 from pyro_vae.stopping import StopSignals  # noqa: E402
 from pyro_vae.training import resolve_device  # noqa: E402
@@ -195,7 +197,7 @@ class Preset:
     about: str
     methods: tuple = tuple(METHODS)
     init_std: float = 0.01
-    compile: str = "none"  # TrainConfig.compile: the training step
+    compile: str = "eager"  # TrainConfig.compile: the training step
 
 
 PRESETS = {
@@ -210,16 +212,16 @@ PRESETS = {
                        "mnist": Grid((3, 5, 10, 20, 200), 500, 10**7, 2, 2 * 60_000)},
                       Figure3(samples=10**7, evaluations=20, pilot_samples=2 * 50_000),
                       "all 9 panels and Figure 3 at 10^7 samples: days on 2 CPU cores, hours on a GPU",
-                      init_std=PAPER_INIT_STD, compile="trace"),
+                      init_std=PAPER_INIT_STD, compile="replay"),
     # figure2's init std 0.1 lets wake-sleep learn on Frey Face but holds it back on MNIST (docs/benchmarks.md):
     # MNIST's panels again from std 0.01, wake-sleep beside AEVB under that init.
     "figure2-small-init": Preset({"mnist": Grid((3, 5, 10, 20, 200), 500, 10**7, 2, 2 * 60_000)}, Figure3(train_sizes=()),
                                  "MNIST's 5 panels from init std 0.01, AEVB and wake-sleep, to 10^7 samples",
-                                 methods=("aevb-meanfield", "wake-sleep"), init_std=0.01, compile="trace"),
+                                 methods=("aevb-meanfield", "wake-sleep"), init_std=0.01, compile="replay"),
     "paper": Preset({"frey-face": Grid((2, 5, 10, 20), 200, 10**8, 500, 57 * 1765),
                      "mnist": Grid((3, 5, 10, 20, 200), 500, 10**8, 10, 2 * 60_000)},
                     Figure3(samples=10**8, evaluations=50, pilot_samples=2 * 50_000, points=10_000),
-                    "the paper's 10^8 samples per run, for a GPU", init_std=PAPER_INIT_STD, compile="trace"),
+                    "the paper's 10^8 samples per run, for a GPU", init_std=PAPER_INIT_STD, compile="replay"),
 }
 
 
@@ -290,6 +292,7 @@ def job_state(job: Job) -> tuple[str, int]:
     config_file = run_dir / "config.json"
     if config_file.exists():
         stored, expected = json.loads(config_file.read_text())["config"], asdict(TrainConfig(**job.config).resolved())
+        stored["compile"] = OLD_COMPILE_MODES.get(stored.get("compile"), stored.get("compile"))  # renamed modes
         differences = [f"{key} {stored[key]!r}, now {value!r}" for key, value in expected.items()
                        if key in stored and key not in ("data_dir", "out") and stored[key] != value]
         if differences:

@@ -14,11 +14,11 @@ Implementations (``impl`` in the JSON):
 
                 * ``default``: what ``pyro-vae train --dataset mnist`` runs (``compile="auto"``
                   resolved by :func:`pyro_vae.step.choose_compile` for 10 epochs at the batch size, fp32);
-                * ``eager``: Pyro runs model, guide and objective every step (``compile="none"``);
+                * ``eager``: Pyro runs model, guide and objective every step (``compile="eager"``);
                 * ``trace-split``: the traced graph returns loss and gradients, the optimizer runs
-                  eagerly after it (mode ``trace``);
+                  eagerly after it (mode ``replay``);
                 * ``trace``: loss, gradients, clipping and the fused Adam update in one traced graph
-                  (mode ``trace+update``), replayed as a CUDA graph on CUDA (``trace+update+cudagraph``);
+                  (mode ``replay+update``), replayed as a CUDA graph on CUDA (``replay+update+cudagraph``);
                 * ``trace-launches`` (CUDA only): the same graph replayed kernel by kernel, without a
                   CUDA graph;
                 * ``trace-mkl`` (CPUs where :func:`pyro_vae.tracing.onednn_pays`): the same graph with
@@ -89,11 +89,11 @@ LR = 1e-3
 
 #: The project's step variants: name -> (compile mode, precision). ``auto`` is resolved as
 #: ``pyro-vae train`` resolves it; ``trace-split`` stops the traced graph at the gradients.
-PYRO_VARIANTS = {"default": ("auto", "fp32"), "eager": ("none", "fp32"), "trace-split": ("trace", "fp32"),
-                 "trace": ("trace", "fp32"), "trace-launches": ("trace", "fp32"),
-                 "trace-mkl": ("trace", "fp32"), "inductor": ("inductor", "fp32"),
-                 "eager-bf16": ("none", "bf16"),
-                 "trace-bf16": ("trace", "bf16"), "inductor-bf16": ("inductor", "bf16")}
+PYRO_VARIANTS = {"default": ("auto", "fp32"), "eager": ("eager", "fp32"), "trace-split": ("replay", "fp32"),
+                 "trace": ("replay", "fp32"), "trace-launches": ("replay", "fp32"),
+                 "trace-mkl": ("replay", "fp32"), "inductor": ("inductor", "fp32"),
+                 "eager-bf16": ("eager", "bf16"),
+                 "trace-bf16": ("replay", "bf16"), "inductor-bf16": ("inductor", "bf16")}
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -232,7 +232,7 @@ class Batches:
 
     def __init__(self, train, batch_size: int, seed: int = 0):
         import torch
-        from pyro_vae.datasets import binarize
+        from pyro_vae.batches import binarize
         self.train, self.batch_size, self.binarize = train, batch_size, binarize
         self.generator = torch.Generator(device=train.device).manual_seed(seed)
         self.order, self.position = None, len(train)
@@ -265,11 +265,11 @@ class PyroStep:
         loss = ObjectiveLoss(model, make_objective(objective), precision)
         self.step = TrainingStep(loss, make_optimizer("adam", model.parameters(), LR), compile=compile_mode)
         if variant == "trace-split":  # no optimizer in the graph: it returns loss and gradients
-            self.step.compiled = CompiledStep(loss, "trace")
+            self.step.compiled = CompiledStep(loss, "replay")
         elif variant == "trace-launches":
-            self.step.compiled = CompiledStep(loss, "trace", self.step.optimizer, cuda_graphs=False)
+            self.step.compiled = CompiledStep(loss, "replay", self.step.optimizer, cuda_graphs=False)
         cuda_graph = "+cudagraph" if torch.device(device).type == "cuda" and variant != "trace-launches" else ""
-        expected = {"none": "none", "trace": "trace" if variant == "trace-split" else "trace+update" + cuda_graph,
+        expected = {"eager": "eager", "replay": "replay" if variant == "trace-split" else "replay+update" + cuda_graph,
                     "inductor": "inductor"}[compile_mode]
         assert self.step.mode == expected, (variant, self.step.mode)
 
@@ -699,7 +699,7 @@ def markdown(result: dict) -> str:
              f"{machine.get('load_average_at_start')}, at end {machine.get('load_average_at_end')}.", "",
              f"Median of {result['settings']['repeats']} alternating repeats; peak memory is "
              f"{result['memory_kind']}. Ratios below 1 are faster than the reference. **default** is the step "
-             "`pyro-vae train --dataset mnist` runs; mode is the step that ran (trace+update: the optimizer's "
+             "`pyro-vae train --dataset mnist` runs; mode is the step that ran (replay+update: the optimizer's "
              "update inside the traced graph); first step s is the first call, which traces or compiles.", "",
              table(result["training"])]
     if result.get("evaluation"):

@@ -1,7 +1,7 @@
-"""What mapping PyTorch's kernel constants in at import (:mod:`pyro_vae.torch_constants`) is worth.
+"""What mapping PyTorch's kernel constants in (:mod:`pyro_vae.torch_constants`) is worth.
 
-Fresh processes, alternating: in every repeat one process with the constants mapped (as
-``import pyro_vae`` does) and one with ``PYRO_VAE_MAP_TORCH_CONSTANTS=0``, each timing
+Fresh processes, alternating: in every repeat one process with the constants mapped first (as a
+CPU training run does when it starts) and one with ``PYRO_VAE_MAP_TORCH_CONSTANTS=0``, each timing
 
 * ``log_sigmoid`` of a 100x784 float32 tensor (the Bernoulli log-density's kernel), µs per call,
   median of 200 calls, and
@@ -48,11 +48,12 @@ def measure(steps: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pyro_vae.datasets import binarize
+    from pyro_vae.batches import binarize
     from pyro_vae.models import build_vae
     from pyro_vae.objectives import make_objective
     from pyro_vae.step import ObjectiveLoss, TrainingStep, make_optimizer
     from pyro_vae.torch_constants import map_torch_constants
+    map_torch_constants()  # where a run would map them: before any kernel runs (PYRO_VAE_MAP_TORCH_CONSTANTS=0: not)
     torch.set_num_threads(threads)
     logits = torch.randn(100, 784, generator=torch.Generator().manual_seed(0))
     calls = []
@@ -66,7 +67,7 @@ def measure(steps: int, threads: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     model = build_vae(784, 20, [500], "bernoulli", "tanh")
     step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
-                        make_optimizer("adam", model.parameters(), 1e-3), compile="trace")
+                        make_optimizer("adam", model.parameters(), 1e-3), compile="replay")
 
     def one_step():
         index = torch.randint(0, len(train), (100,), generator=generator)

@@ -22,14 +22,19 @@ Where things are:
 * :mod:`pyro_vae.evaluation` — ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` —
   pictures.
 * :mod:`pyro_vae.tracing` — a step or an evaluation as one replayed or compiled graph;
-  :mod:`pyro_vae.torch_constants` — PyTorch's CPU kernels at their speed from their first call.
+  :mod:`pyro_vae.torch_constants` — PyTorch's CPU kernels at their speed from their first call
+  (a workaround a CPU run applies when it starts, ``docs/upstream.md``).
+
+Importing the package changes nothing in the process: no backend, umask, logger level or memory
+mapping is touched, and no operator is registered with PyTorch.
 """
 
 from .datasets import ImageData, load_dataset
 from .tensor_data import TensorData
 from .diagnostics import bound_gap, gradient_statistics, parameter_groups, seconds_per_step
-from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError, TrainingInterrupted
-from .estimators import DoublyReparameterizedELBO, StickingTheLandingELBO, TailAdaptiveELBO, TraceGraphELBO
+from .errors import (CheckpointError, ConfigError, DataError, PyroVAEError, RunLockError, TrainingError,
+                     TrainingInterrupted)
+from .estimators import DoublyReparameterizedELBO, ScoreFunctionELBO, StickingTheLandingELBO, TailAdaptiveELBO
 from .evaluation import elbo, log_likelihood
 from .importance import log_importance_weights
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood
@@ -43,18 +48,15 @@ from .contract import check_model
 from .engine import Run, fit
 from .training import evaluate, load_run, resume, train
 from . import callbacks  # noqa: F401
-from . import torch_constants
 
 __version__ = "0.1.0"
 
-torch_constants.map_torch_constants()  # PyTorch's CPU kernels at their speed from their first call (docs/speed.md)
-
 __all__ = [
-    "BernoulliLikelihood", "CheckpointError", "TensorData", "evaluate", "ConditionalVAE", "ConfigError", "DataError",
-    "DoublyReparameterizedELBO", "GaussianEncoder", "GaussianLikelihood", "HierarchicalVAE", "ImageData",
-    "ImportanceWeightedELBO", "MLP", "MODELS", "OBJECTIVES", "PyroVAEError", "Run", "SemiSupervisedVAE",
-    "StickingTheLandingELBO", "TailAdaptiveELBO", "TraceGraphELBO", "TrainConfig", "TrainingError", "TrainingInterrupted", "VAE",
-    "bound_gap", "build_model", "build_vae", "check_model", "elbo", "fit", "gradient_statistics", "load_dataset", "load_run",
-    "log_importance_weights", "log_likelihood", "make_objective", "parameter_groups", "resume",
-    "seconds_per_step", "train",
+    "BernoulliLikelihood", "CheckpointError", "TensorData", "evaluate", "ConditionalVAE", "ConfigError",
+    "DataError", "DoublyReparameterizedELBO", "GaussianEncoder", "GaussianLikelihood", "HierarchicalVAE",
+    "ImageData", "ImportanceWeightedELBO", "MLP", "MODELS", "OBJECTIVES", "PyroVAEError", "Run", "RunLockError",
+    "ScoreFunctionELBO", "SemiSupervisedVAE", "StickingTheLandingELBO", "TailAdaptiveELBO", "TrainConfig",
+    "TrainingError", "TrainingInterrupted", "VAE", "bound_gap", "build_model", "build_vae", "check_model", "elbo",
+    "fit", "gradient_statistics", "load_dataset", "load_run", "log_importance_weights", "log_likelihood",
+    "make_objective", "parameter_groups", "resume", "seconds_per_step", "train",
 ]

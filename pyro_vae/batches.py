@@ -12,25 +12,156 @@ Model and guide receive a minibatch as positional arguments: the rows of every t
 :class:`~pyro_vae.TensorData`; for images the model's ``inputs(x, y)`` (default ``(x,)``, or
 ``(x, y)`` where labels are given: always for ``labels = "all"``, in the labelled part for
 ``"some"``, never in evaluation of ``"some"``, which scores p(x)).
+
+Binarization of MNIST
+---------------------
+``dynamic`` (default) draws every training pixel from Bernoulli(intensity) anew each time its
+batch is used (the convention of the IWAE paper, Burda et al. 2016); ``static`` draws the training
+set once; ``none`` keeps grey levels (use a Gaussian likelihood then). Evaluation sets of both
+binarized modes are drawn once with the fixed seed :data:`EVAL_BINARIZATION_SEED`, so that test
+figures of different runs score the same binary images.
 """
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
-from .datasets import IndexCycle, ImageData, binarize, binarize_once, labelled_subset, prepare_binarization
+from .datasets import ImageData
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
 from .tensor_data import TensorData
 
 Data = Union[ImageData, TensorData]
+BINARIZATIONS = ("dynamic", "static", "none")
+EVAL_BINARIZATION_SEED = 0
 TRAIN_EVAL_SIZE = 10_000
 TRAIN_EVAL_SEED = 0
 TEST_SUBSET_SEED = 1
 TRAIN_SUBSET_SEED = 0
 LABELLED_SEED = 0
+
+
+def binarize(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A Bernoulli draw of every pixel of ``x`` (grey levels in [0, 1]), in ``x``'s dtype.
+
+    Drawn as uniform numbers compared with the grey levels: on the CPU the same draws as
+    ``torch.bernoulli`` from the same generator, which leaves it in the same state, in less time
+    (docs/speed.md).
+    """
+    uniform = torch.rand(x.shape, generator=generator, device=x.device,
+                         dtype=torch.promote_types(x.dtype, torch.float32))
+    return (uniform < x).to(x.dtype)
+
+
+def binarize_once(x: torch.Tensor, seed: int = EVAL_BINARIZATION_SEED) -> torch.Tensor:
+    """One fixed Bernoulli draw of every pixel (static binarization)."""
+    return binarize(x, torch.Generator(device=x.device).manual_seed(seed))
+
+
+def prepare_binarization(data: ImageData, binarize: str) -> tuple[ImageData, bool]:
+    """Apply ``binarize`` to ``data``; returns the data and whether batches are drawn dynamically.
+
+    With ``dynamic`` the returned training images keep their grey levels (each minibatch is
+    binarized when drawn, see :func:`minibatches`) and the test images are binarized once.
+    """
+    if binarize not in BINARIZATIONS:
+        raise ConfigError(f"unknown binarization {binarize!r}: choose one of {', '.join(BINARIZATIONS)}")
+    if binarize == "none":
+        return data, False
+    test = binarize_once(data.test, EVAL_BINARIZATION_SEED + 1)
+    if binarize == "static":
+        return replace(data, train=binarize_once(data.train), test=test), False
+    return replace(data, test=test), True
+
+
+def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator,
+                      drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """One epoch of shuffled index batches into ``num_data`` rows, on ``generator``'s device.
+
+    The last batch is smaller when ``batch_size`` does not divide ``num_data``, or left out with
+    ``drop_last``.
+    """
+    order = torch.randperm(num_data, generator=generator, device=generator.device)
+    if drop_last:
+        order = order[: len(order) - len(order) % batch_size]
+    yield from order.split(batch_size)
+
+
+def draw_batch(x: torch.Tensor, index: torch.Tensor, generator: torch.Generator,
+               dynamic_binarization: bool = False) -> torch.Tensor:
+    """The rows ``index`` of ``x``; with ``dynamic_binarization`` a fresh Bernoulli draw of their grey
+    levels from ``generator`` (the training loop's batches)."""
+    batch = x[index]
+    return binarize(batch, generator) if dynamic_binarization else batch
+
+
+def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
+                dynamic_binarization: bool = False, drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """One epoch of shuffled minibatches of the rows of ``x``, indexed on ``x``'s device.
+
+    Batches are as :func:`minibatch_indices` draws them and :func:`draw_batch` takes them. The
+    order and the draws come from ``generator`` (which must live on ``x``'s device), so a seeded
+    generator reproduces them exactly.
+    """
+    for batch_index in minibatch_indices(len(x), batch_size, generator, drop_last):
+        yield draw_batch(x, batch_index, generator, dynamic_binarization)
+
+
+class IndexCycle:
+    """Index batches into ``num_data`` rows without end, reshuffled from ``generator`` after every pass.
+
+    It draws exactly what :func:`minibatch_indices` draws, pass after pass, and its position
+    (:meth:`state`, :meth:`restore`) can be saved in a checkpoint, so that a run stopped in the
+    middle of a pass continues with the same batches.
+    """
+
+    def __init__(self, num_data: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
+        self.num_data, self.batch_size, self.generator, self.drop_last = num_data, batch_size, generator, drop_last
+        self.order: Optional[torch.Tensor] = None
+        self.position = 0
+
+    @property
+    def batches_per_pass(self) -> int:
+        full, rest = divmod(self.num_data, self.batch_size)
+        return full + (rest > 0 and not self.drop_last)
+
+    def __iter__(self) -> "IndexCycle":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.order is None or self.position >= len(self.order):
+            self.order = torch.randperm(self.num_data, generator=self.generator, device=self.generator.device)
+            if self.drop_last:
+                self.order = self.order[: len(self.order) - len(self.order) % self.batch_size]
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return index
+
+    def state(self) -> dict:
+        return {"order": self.order, "position": self.position}
+
+    def restore(self, state: dict) -> None:
+        self.order, self.position = state["order"], state["position"]
+
+
+def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` datapoints of every class, drawn at random with ``seed``.
+
+    The classes are balanced, as in Kingma et al. (2014)'s semi-supervised experiments.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    chosen = []
+    for value in labels.unique():
+        members = (labels == value).nonzero().squeeze(1)
+        if len(members) < per_class:
+            raise ConfigError(f"class {int(value)} has only {len(members)} datapoints: pass --labels-per-class "
+                              f"{len(members)} or fewer")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
 
 
 def labels_of(model: nn.Module) -> str:
@@ -112,13 +243,17 @@ class Part:
 
 @dataclass
 class Prepared:
-    """The data of a run as training and evaluation use it (see :func:`prepare`)."""
+    """The data of a run as training and evaluation use it (see :func:`prepare`): rows (tensors of
+    datapoints) and the arguments of model and guide made of them."""
 
     data: Data
     parts: list
     dynamic: bool
     train_eval: tuple  # rows of the fixed training subset for the train ELBO
     test: tuple  # rows of the test set (or its fixed subset)
+    train_eval_arguments: tuple
+    test_arguments: tuple
+    probe: tuple  # two training datapoints as a training step passes them, for the model's checks
 
 
 def prepare(model: nn.Module, data: Data, config, device: torch.device) -> Prepared:
@@ -134,9 +269,14 @@ def prepare(model: nn.Module, data: Data, config, device: torch.device) -> Prepa
                           f"pass --batch-size {num_train(data)} or less")
     order = torch.randperm(num_train(data), generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
     train_eval = _rows(data, "train", order[:TRAIN_EVAL_SIZE])
+    parts = training_parts(model, data)
+    probe = tuple(t[:2] for t in parts[0].rows)
     if dynamic:
         train_eval = (binarize_once(train_eval[0]),) + train_eval[1:]
-    return Prepared(data, training_parts(model, data), dynamic, train_eval, _rows(data, "test"))
+        probe = (binarize_once(probe[0]),) + probe[1:]
+    test = _rows(data, "test")
+    return Prepared(data, parts, dynamic, train_eval, test, arguments(model, data, train_eval),
+                    arguments(model, data, test), arguments(model, data, probe, training=True))
 
 
 def _check_support(data: ImageData, likelihood: Optional[str], dynamic: bool) -> None:
@@ -174,15 +314,14 @@ class Minibatches:
     """Each step's minibatch of every part, drawn by one generator: the order, and the Bernoulli draws
     of dynamically binarized images. The first part sets the epoch; the others are cycled alongside.
 
-    :param to_arguments: rows of a minibatch -> the arguments of model and guide.
-    :param shard: this process's share of a minibatch's positions (all of them outside DDP).
+    :param shard: this process's share of a minibatch's positions (``None``: all of them).
     """
 
-    def __init__(self, prepared: Prepared, batch_size: int, generator: torch.Generator,
-                 to_arguments: Callable[[tuple], tuple], shard: Callable[[torch.Tensor], torch.Tensor],
-                 drop_last: bool = False):
+    def __init__(self, model: nn.Module, prepared: Prepared, batch_size: int, generator: torch.Generator,
+                 shard: Callable[[torch.Tensor], Optional[torch.Tensor]], drop_last: bool = False):
         self.parts, self.dynamic, self.generator = prepared.parts, prepared.dynamic, generator
-        self.batch_size, self.to_arguments, self.shard = batch_size, to_arguments, shard
+        self.batch_size, self.shard = batch_size, shard
+        self.to_arguments = lambda rows: arguments(model, prepared.data, rows, training=True)
         self.main = IndexCycle(len(self.parts[0].rows[0]), batch_size, generator, drop_last)
         self.others: list[IndexCycle] = []
 

@@ -22,8 +22,21 @@ from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the model's recipe, every process's random states, the position in the epoch
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+def _umask() -> int:
+    """The process's file-creation mask, read where a file is written: from ``/proc/self/status`` on
+    Linux, which leaves it alone, else by setting it and putting it back at once."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_atomically(path: os.PathLike, write: Callable[[Any], None], mode: str) -> None:
@@ -37,7 +50,7 @@ def _write_atomically(path: os.PathLike, write: Callable[[Any], None], mode: str
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from a team
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide run files from a team
         with os.fdopen(handle, mode) as stream:
             write(stream)
             stream.flush()

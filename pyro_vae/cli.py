@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import trust
-from .datasets import BINARIZATIONS, DATASETS
+from .batches import BINARIZATIONS
+from .datasets import DATASETS
 from .recipes import BUILT_IN, parse_model_args
 from .errors import ConfigError, PyroVAEError, TrainingInterrupted
 from .likelihoods import LIKELIHOODS
@@ -25,7 +26,8 @@ from .networks import ACTIVATIONS
 from .objectives import OBJECTIVES
 from .precision import PRECISIONS
 from .step import COMPILE_MODES
-from .config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, resolve_device
+from .config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
+from .distributed import resolve_device
 
 EXIT_USAGE = 2
 
@@ -68,10 +70,18 @@ def _non_negative_float(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-vae", description="Auto-Encoding Variational Bayes as Pyro programs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-
     train = commands.add_parser("train", help="train a VAE and write a run directory",
                                 description="Train a VAE with AEVB and write checkpoint, history, metrics and pictures.")
     defaults = TrainConfig()
+    _data_and_model_options(train, defaults)
+    _training_options(train, defaults)
+    _model_shorthands(train)
+    _run_options(train, defaults)
+    _evaluate_parser(commands)
+    return parser
+
+
+def _data_and_model_options(train: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     train.add_argument("--dataset", default=defaults.dataset, metavar="{" + ",".join(DATASETS) + "} or FILE",
                        help="a built-in data set, or a .npz or .pt file of your own with arrays train and test of "
                             "images (N, H, W) or (N, D), uint8 or in [0, 1], and optional train_labels and "
@@ -99,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="p(x|z) (default: bernoulli for binarized data, gaussian otherwise)")
     train.add_argument("--binarize", choices=BINARIZATIONS,
                        help="binarization of grey levels (default: dynamic for mnist, none for frey-face)")
+
+
+def _training_options(train: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     train.add_argument("--epochs", type=_positive_int, help="passes over the training set (default: 10 for mnist, 500 for frey-face)")
     train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="minibatch size M (default: %(default)s)")
     train.add_argument("--objective", choices=list(OBJECTIVES), default=defaults.objective,
@@ -121,12 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--clip-grad-norm", type=_positive_float,
                        help="clip the gradient's total norm to this value (default: no clipping)")
     train.add_argument("--compile", choices=COMPILE_MODES, default=defaults.compile,
-                       help="trace: record model, guide, objective and backward pass once per batch shape and replay "
-                            "them (same draws and figures as eager, no Pyro overhead); inductor: also compile them "
-                            "with TorchInductor (compiles for tens of seconds first, other random draws); none: eager "
-                            "Pyro; auto: inductor for runs of 60,000 steps or more, else trace, or eager with one "
-                            "warning where a step cannot be traced (Pyro's jit objectives: eager); see docs/speed.md "
-                            "(default: %(default)s)")
+                       help="replay: record model, guide, objective and backward pass once per batch shape and "
+                            "replay them (same draws and figures as eager, no Pyro overhead); inductor: also compile "
+                            "them with TorchInductor (compiles for tens of seconds first, other random draws); eager: "
+                            "Pyro runs every step; auto: inductor for runs of 60,000 steps or more, else replay, or "
+                            "eager with one warning where a step cannot be traced (Pyro's jit objectives: eager); see "
+                            "docs/speed.md (default: %(default)s)")
     train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                        help="bf16: the networks' matrix products in bfloat16 (log-densities, KL terms, parameters "
                             "and optimizer state stay float32); refused where the CPU has neither AMX nor "
@@ -151,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--mlflow", metavar="URI",
                        help="log parameters, metrics and the run folder to MLflow at URI, e.g. file:./mlruns "
                             "(needs mlflow or mlflow-skinny)")
+
+
+def _model_shorthands(train: argparse.ArgumentParser) -> None:
     shorthands = train.add_argument_group("options of the built-in models (shorthands for --model-arg)")
     shorthands.add_argument("--labels-per-class", type=_positive_int,
                             help="m2, m1m2: labelled training images per class; the rest are unlabelled (default: 10)")
@@ -165,6 +181,9 @@ def _parser() -> argparse.ArgumentParser:
                             help="cvae: what generation is conditioned on (default: label)")
     shorthands.add_argument("--m1", metavar="RUN_DIR",
                             help="m1m2: the run directory of a trained vae (M1) whose codes M2 generates")
+
+
+def _run_options(train: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     train.add_argument("--validate", action="store_true",
                        help="run Pyro's validation checks (distribution arguments, supports) at every step; they "
                             "always run once, on a tiny batch, before training")
@@ -189,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
                             "remember it: their factory's code runs, so only for runs from people you trust "
                             "(default: refused with one line)")
 
+
+
+def _evaluate_parser(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="estimate test ELBO and log-likelihood of a trained run",
                                    description="Estimate the test ELBO and the importance-sampled test log p(x) "
                                                "of a run; prints them and writes RUN_DIR/evaluation.json. With "
@@ -212,7 +234,6 @@ def _parser() -> argparse.ArgumentParser:
                           help="open runs whose model factory you have not trained with, and remember it: their "
                                "factory's code runs, so only for runs from people you trust (default: refused "
                                "with one line)")
-    return parser
 
 
 RESUME_OPTIONS = ("epochs", "data_dir", "checkpoint_every")

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from . import recipes
-from .datasets import BINARIZATIONS, DATASETS
+from .batches import BINARIZATIONS
+from .datasets import DATASETS
+from .distributed import resolve_device
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
@@ -29,6 +30,8 @@ OPTIMIZERS = ("adam", "adagrad")
 #: Learning-rate schedules (:mod:`pyro_vae.callbacks.schedules`).
 LR_SCHEDULES = ("constant", "cosine", "step", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
+#: Compile modes by the names runs saved before they were renamed, and their names now.
+OLD_COMPILE_MODES = {"none": "eager", "trace": "replay"}
 
 #: Settings that depend on the data set when left unset (and the model's factory has no default).
 DATASET_DEFAULTS = {
@@ -97,6 +100,8 @@ class TrainConfig:
         if not in_memory and self.is_file and Path(self.dataset).suffix not in (".npz", ".pt"):
             raise ConfigError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}, or give a "
                               ".npz or .pt file")
+        if factory:
+            recipes.name_factory(self.model)  # the user's own factory: trusted when its runs are opened
         values = asdict(self)
         factory_defaults = _factory_defaults(self.model) if factory else set(NETWORK_ARGUMENTS)
         dataset_defaults = FILE_DEFAULTS if in_memory or self.is_file else DATASET_DEFAULTS[self.dataset]
@@ -134,7 +139,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+                renamed = f" ({value!r} is now {OLD_COMPILE_MODES[value]!r})" \
+                    if name == "compile" and value in OLD_COMPILE_MODES else ""
+                raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}{renamed}")
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         for name in ("latent_dim", "epochs", "batch_size", "eval_every", "eval_particles", "particles", "seed",
@@ -170,8 +177,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The configuration a run saved (``config.json``, a checkpoint), in today's names: a compile
+        mode saved under its old name (:data:`OLD_COMPILE_MODES`) is read as its new one."""
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        values = {key: value for key, value in values.items() if key in known}
+        if values.get("compile") in OLD_COMPILE_MODES:
+            values["compile"] = OLD_COMPILE_MODES[values["compile"]]
+        return cls(**values)
 
 
 def _factory_defaults(model: str) -> set:
@@ -179,12 +191,3 @@ def _factory_defaults(model: str) -> set:
     parameters = inspect.signature(recipes.import_factory(model)).parameters
     return {name for name in NETWORK_ARGUMENTS
             if name in parameters and parameters[name].default is not inspect.Parameter.empty}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu or auto")
-    return torch.device(name)

@@ -40,21 +40,13 @@ close. A block split (e.g. the last 200 frames as test) asks instead for general
 poses never seen; with a learned-variance Gaussian decoder the test bound then collapses by
 thousands of nats while the training bound rises, which is a statement about 1765 frames of
 one video, not about the algorithm.
-
-Binarization of MNIST
----------------------
-``dynamic`` (default) draws every training pixel from Bernoulli(intensity) anew each time its
-batch is used (the convention of the IWAE paper, Burda et al. 2016); ``static`` draws the training
-set once; ``none`` keeps grey levels (use a Gaussian likelihood then). Evaluation sets of both
-binarized modes are drawn once with the fixed seed :data:`EVAL_BINARIZATION_SEED`, so that test
-figures of different runs score the same binary images.
 """
 
 import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -63,12 +55,9 @@ from .errors import ConfigError, DataError
 from .tensor_data import TensorData
 
 DATASETS = ("frey-face", "mnist")
-BINARIZATIONS = ("dynamic", "static", "none")
 FREY_SPLIT_SEED = 0
 FREY_TEST_SIZE = 200
 FREY_SHAPE = (28, 20)
-FREY_FRAMES = 1965
-EVAL_BINARIZATION_SEED = 0
 BUNDLED_FREY_FACE = Path(__file__).parent / "bundled" / "frey_rawface.mat"
 #: the suffixes of files :meth:`ImageData.from_file` reads
 FILE_SUFFIXES = (".npz", ".pt")
@@ -497,124 +486,3 @@ def load_dataset(name: "str | os.PathLike", data_dir: Optional[os.PathLike] = No
         return load_data_file(name)
     raise ConfigError(f"unknown dataset {str(name)!r}: choose one of {', '.join(DATASETS)}, "
                       f"or pass the path of a .npz or .pt file")
-
-
-def binarize(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """A Bernoulli draw of every pixel of ``x`` (grey levels in [0, 1]), in ``x``'s dtype.
-
-    Drawn as uniform numbers compared with the grey levels: on the CPU the same draws as
-    ``torch.bernoulli`` from the same generator, which leaves it in the same state, in 0.25-0.7 of
-    its time (docs/speed.md).
-    """
-    uniform = torch.rand(x.shape, generator=generator, device=x.device,
-                         dtype=torch.promote_types(x.dtype, torch.float32))
-    return (uniform < x).to(x.dtype)
-
-
-def binarize_once(x: torch.Tensor, seed: int = EVAL_BINARIZATION_SEED) -> torch.Tensor:
-    """One fixed Bernoulli draw of every pixel (static binarization)."""
-    return binarize(x, torch.Generator(device=x.device).manual_seed(seed))
-
-
-def prepare_binarization(data: ImageData, binarize: str) -> tuple[ImageData, bool]:
-    """Apply ``binarize`` to ``data``; returns the data and whether batches are drawn dynamically.
-
-    With ``dynamic`` the returned training images keep their grey levels (each minibatch is
-    binarized when drawn, see :func:`minibatches`) and the test images are binarized once.
-    """
-    if binarize not in BINARIZATIONS:
-        raise ConfigError(f"unknown binarization {binarize!r}: choose one of {', '.join(BINARIZATIONS)}")
-    if binarize == "none":
-        return data, False
-    test = binarize_once(data.test, EVAL_BINARIZATION_SEED + 1)
-    if binarize == "static":
-        return replace(data, train=binarize_once(data.train), test=test), False
-    return replace(data, test=test), True
-
-
-def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator,
-                      drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """One epoch of shuffled index batches into ``num_data`` rows, on ``generator``'s device.
-
-    The last batch is smaller when ``batch_size`` does not divide ``num_data``, or left out with
-    ``drop_last``.
-    """
-    order = torch.randperm(num_data, generator=generator, device=generator.device)
-    if drop_last:
-        order = order[: len(order) - len(order) % batch_size]
-    yield from order.split(batch_size)
-
-
-def draw_batch(x: torch.Tensor, index: torch.Tensor, generator: torch.Generator,
-               dynamic_binarization: bool = False) -> torch.Tensor:
-    """The rows ``index`` of ``x``; with ``dynamic_binarization`` a fresh Bernoulli draw of their grey
-    levels from ``generator`` (the training loop's batches)."""
-    batch = x[index]
-    return binarize(batch, generator) if dynamic_binarization else batch
-
-
-def minibatches(x: torch.Tensor, batch_size: int, generator: torch.Generator,
-                dynamic_binarization: bool = False, drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """One epoch of shuffled minibatches of the rows of ``x``, indexed on ``x``'s device.
-
-    Batches are as :func:`minibatch_indices` draws them and :func:`draw_batch` takes them. The
-    order and the draws come from ``generator`` (which must live on ``x``'s device), so a seeded
-    generator reproduces them exactly.
-    """
-    for batch_index in minibatch_indices(len(x), batch_size, generator, drop_last):
-        yield draw_batch(x, batch_index, generator, dynamic_binarization)
-
-
-class IndexCycle:
-    """Index batches into ``num_data`` rows without end, reshuffled from ``generator`` after every pass.
-
-    It draws exactly what :func:`minibatch_indices` draws, pass after pass, and its position
-    (:meth:`state`, :meth:`restore`) can be saved in a checkpoint, so that a run stopped in the
-    middle of a pass continues with the same batches.
-    """
-
-    def __init__(self, num_data: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
-        self.num_data, self.batch_size, self.generator, self.drop_last = num_data, batch_size, generator, drop_last
-        self.order: Optional[torch.Tensor] = None
-        self.position = 0
-
-    @property
-    def batches_per_pass(self) -> int:
-        full, rest = divmod(self.num_data, self.batch_size)
-        return full + (rest > 0 and not self.drop_last)
-
-    def __iter__(self) -> "IndexCycle":
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        if self.order is None or self.position >= len(self.order):
-            self.order = torch.randperm(self.num_data, generator=self.generator, device=self.generator.device)
-            if self.drop_last:
-                self.order = self.order[: len(self.order) - len(self.order) % self.batch_size]
-            self.position = 0
-        index = self.order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        return index
-
-    def state(self) -> dict:
-        return {"order": self.order, "position": self.position}
-
-    def restore(self, state: dict) -> None:
-        self.order, self.position = state["order"], state["position"]
-
-
-def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``per_class`` datapoints of every class, drawn at random with ``seed``.
-
-    The classes are balanced, as in Kingma et al. (2014)'s semi-supervised experiments.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    chosen = []
-    for value in labels.unique():
-        members = (labels == value).nonzero().squeeze(1)
-        if len(members) < per_class:
-            raise ConfigError(f"class {int(value)} has only {len(members)} datapoints: pass --labels-per-class "
-                              f"{len(members)} or fewer")
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    return torch.cat(chosen).sort().values

@@ -51,6 +51,11 @@ class Processes:
         """This process's slice of a minibatch's indices."""
         return index.tensor_split(self.world_size)[self.rank] if self.distributed else index
 
+    def share(self, index: torch.Tensor) -> Optional[torch.Tensor]:
+        """The positions of this process's share of a minibatch of ``index``, or ``None`` (all of them)
+        outside a distributed run."""
+        return self.shard(torch.arange(len(index), device=index.device)) if self.distributed else None
+
     def wrap(self, loss: nn.Module, device: torch.device) -> nn.Module:
         """The loss module, under DDP when distributed (gradients averaged across processes)."""
         if not self.distributed:
@@ -78,11 +83,22 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def start(device: torch.device, batch_size: int) -> tuple[Processes, torch.device]:
-    """Join the process group ``torchrun`` set up, if any; returns the processes and this one's device.
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def start(device_name: str, batch_size: int) -> tuple[Processes, torch.device]:
+    """Join the process group ``torchrun`` set up, if any; returns the processes and this one's device
+    (:func:`resolve_device` of ``device_name``).
 
     The backend is NCCL for CUDA (one GPU per process, ``LOCAL_RANK``) and gloo for the CPU.
     """
+    device = resolve_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Processes(), device

@@ -26,14 +26,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, param_sites, recipes, report, rundir, runstate
-from .batches import TRAIN_SUBSET_SEED, Data, Minibatches, arguments, data_arguments, num_train, prepare, subset
-from .callbacks import State, check_callbacks, notify
+from . import distributed, param_sites, recipes, report, rundir, runstate, torch_constants
+from .batches import TRAIN_SUBSET_SEED, Data, Minibatches, data_arguments, num_train, prepare, subset
+from .callbacks import State, check_callbacks
 from .callbacks.schedules import from_config as scheduled_callbacks
-from .checkpoint import write_json
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig
 from .contract import check_model
-from .datasets import ImageData, binarize_once, load_dataset
+from .datasets import ImageData, load_dataset
 from .errors import ConfigError, TrainingError, TrainingInterrupted
 from .evaluation import Estimate
 from .objectives import OBJECTIVES, make_objective
@@ -108,10 +107,11 @@ def build(model: Union[nn.Module, str], data: Union[Data, str], config: TrainCon
         if recipe is not None:  # the user's own factory: trusted when its runs are opened
             recipes.name_factory(recipe["factory"])
         return model, data, recipe
-    network = {key: getattr(config, key) for key in ("latent_dim", "hidden_dims", "activation", "likelihood",
-                                                     "init_std")}
-    recipe = recipes.recipe(config.model, {**data_arguments(data), **network}, config.model_args)
-    return recipes.build(recipe), data, recipe
+    common = data_arguments(data)
+    common.update({key: getattr(config, key) for key in ("latent_dim", "hidden_dims", "activation", "likelihood",
+                                                         "init_std")})
+    recipe, module = recipes.make(config.model, common, config.model_args)
+    return module, data, recipe
 
 
 def _config(model, data, model_args, out, settings: dict, in_memory: bool, factory: bool) -> TrainConfig:
@@ -122,8 +122,6 @@ def _config(model, data, model_args, out, settings: dict, in_memory: bool, facto
         raise ConfigError(f"fit() takes no setting {', '.join(unknown)}: the settings are {', '.join(sorted(known))}")
     if model_args and not factory:
         raise ConfigError("model_args are for a factory named by import path; this model is built already")
-    if factory:
-        recipes.name_factory(model)  # the user's own factory: trusted when its runs are opened
     name = model if factory else f"{type(model).__module__}:{type(model).__qualname__}"
     dataset = data.name if in_memory else str(data)
     config = TrainConfig(dataset=dataset, model=name, model_args=dict(model_args or {}),
@@ -151,7 +149,9 @@ def run(model: nn.Module, data: Data, config: TrainConfig, recipe: Optional[dict
     the global random stream seeded by ``config.seed`` before the model was built) or from ``checkpoint``, in
     the processes ``torchrun`` started."""
     out = Path(config.out)
-    processes, device = distributed.start(resolve_device(config.device), config.batch_size)
+    processes, device = distributed.start(config.device, config.batch_size)
+    if device.type == "cpu":  # docs/upstream.md#sleefs-masked-loads-in-pytorchs-avx-512-kernels
+        torch_constants.map_torch_constants()
     try:
         with contextlib.ExitStack() as stack:
             if processes.main:
@@ -172,10 +172,15 @@ class Training:
                  processes: distributed.Processes, device: torch.device, out: Path, callbacks: list):
         self.model, self.config, self.processes, self.device, self.out = model.to(device), config, processes, device, out
         self.callbacks = callbacks
-        self.prepared = prepare(self.model, data, config, device)
         if config.objective is None:
             config.objective = getattr(model, "default_objective", "meanfield")
         self.objective = make_objective(config.objective, config.particles)
+        traced_by_pyro = OBJECTIVES[config.objective].traced_by_pyro
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.prepared = prepare(self.model, data, config, device)
+        # A graph is traced for one batch shape: a traced objective drops a smaller last batch.
+        self.batches = Minibatches(self.model, self.prepared, config.batch_size, self.generator, processes.share,
+                                   drop_last=traced_by_pyro)
         self._check_model()
         self.scored = param_sites.served(self.model)  # what the step and the evaluations run
         for callback in callbacks:  # a KL warm-up's beta
@@ -183,15 +188,7 @@ class Training:
                 self.scored = callback.wrap(self.scored)
         self.optimizer = make_optimizer(config.optimizer, [p for p in self.model.parameters() if p.requires_grad],
                                         config.lr, config.weight_decay)
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        shard = (lambda index: processes.shard(torch.arange(len(index), device=device))) if processes.distributed \
-            else (lambda index: None)
-        traced_by_pyro = OBJECTIVES[config.objective].traced_by_pyro
-        # A graph is traced for one batch shape: a traced objective drops a smaller last batch.
-        self.batches = Minibatches(self.prepared, config.batch_size, self.generator,
-                                   lambda rows: arguments(self.model, self.prepared.data, rows, training=True),
-                                   shard, drop_last=traced_by_pyro)
-        self.compile = "none" if traced_by_pyro and config.compile == "auto" \
+        self.compile = "eager" if traced_by_pyro and config.compile == "auto" \
             else choose_compile(config.compile, config.epochs * self.batches.steps_per_epoch)
         self.step_fn = TrainingStep(processes.wrap(ObjectiveLoss(self.scored, self.objective, config.precision), device),
                                     self.optimizer, config.clip_grad_norm, compile=self.compile,
@@ -205,12 +202,8 @@ class Training:
     def _check_model(self) -> None:
         """The contract, on a tiny batch (:mod:`pyro_vae.contract`), and the model's ``pyro.param`` sites
         adopted; both draw from their own random stream, so training draws what it would without them."""
-        part = self.prepared.parts[0]
-        rows = tuple(t[:2] for t in part.rows)
+        part, probe = self.prepared.parts[0], self.prepared.probe
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            if self.prepared.dynamic:
-                rows = (binarize_once(rows[0]),) + rows[1:]
-            probe = arguments(self.model, self.prepared.data, rows, training=True)
             check_model(self.model, probe, self.config.objective, self.objective, part.size,
                         allow_mc_kl=self.config.allow_mc_kl, precision=self.config.precision,
                         eval_particles=self.config.eval_particles)
@@ -227,7 +220,7 @@ class Training:
         # A private parameter store: the networks register in it under their own names (Pyro's JIT
         # objectives read parameters from it) without touching the caller's global store.
         with pyro.get_param_store().scope(), pyro.validation_enabled(config.validate), StopSignals() as signals, bar:
-            notify(self.callbacks, "on_fit_start", state)
+            self._notify("on_fit_start")
             while state.epoch <= config.epochs and not state.should_stop:
                 self._epoch(position, signals, bar)
                 position = None
@@ -235,14 +228,18 @@ class Training:
             self.model.pyro_params.install()  # in Pyro's param store, as SVI leaves them
         return self._finish(progress, time.perf_counter() - self.started)
 
+    def _notify(self, hook: str, *args) -> None:
+        """Call ``hook`` of every callback that has it, in order (:mod:`pyro_vae.callbacks`)."""
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self.state, *args)
+
     def _start(self, checkpoint: Optional[dict]) -> Optional[dict]:
         """Restore a checkpoint, or record the new run's configuration; returns where a stopped epoch was."""
         if checkpoint is not None:
             return runstate.restore(checkpoint, self.state, self.generator, self.processes, self.callbacks)
-        if self.processes.main:
-            write_json(self.out / "config.json", {"config": self.facts["config"], "recipe": self.recipe,
-                                                  "environment": report.environment(self.device)})
-        runstate.seed_other_ranks(self.config, self.processes)
+        runstate.begin(self.out, self.facts, self.config, self.processes, self.device)
         return None
 
     def _epoch(self, position: Optional[dict], signals: StopSignals, bar) -> None:
@@ -261,7 +258,7 @@ class Training:
             # Recorded on the device, read at the next sync: no host sync per step.
             first_bad_step = torch.where((first_bad_step == 0) & ~finite, step, first_bad_step)
             bar.update()
-            notify(self.callbacks, "on_step_end", state)
+            self._notify("on_step_end")
             if step < state.steps_per_epoch and self._stop_inside_epoch(step, first_bad_step, total_loss, signals, bar):
                 return
         self._refuse_bad_step(first_bad_step)
@@ -313,16 +310,13 @@ class Training:
         record = None
         state.seconds = time.perf_counter() - self.started
         if self.processes.main and evaluated:
-            record = report.record(self.model, self.scored, self.prepared, config, state.epoch, state.samples_seen,
-                                   state.seconds, self.compile)
-            state.history.append(record)
+            record = report.record(self.model, self.scored, self.prepared, config, state, self.out, self.compile)
             bar.set_postfix(epoch=state.epoch, train=f"{record['train_elbo']:.2f}", test=f"{record['test_elbo']:.2f}")
-            write_json(self.out / "history.json", state.history)
         signal_number = self._stop_requested(signals)
         if evaluated or signal_number:
             self._save(None)
         if record is not None:
-            notify(self.callbacks, "on_evaluation", state, record)
+            self._notify("on_evaluation", record)
         if self.processes.distributed:  # a callback's stop is every process's
             state.should_stop = bool(self.processes.max(torch.tensor(int(state.should_stop))))
         if signal_number:
@@ -347,8 +341,8 @@ class Training:
         epochs = max(1, min(state.epoch - 1, config.epochs))
         facts = {"samples_seen": state.samples_seen, "seconds": seconds, "seconds_per_epoch": seconds / epochs,
                  "stopped_early": state.epoch <= config.epochs,
-                 "environment": {**report.environment(self.device), "training_step": self.step_fn.mode}}
+                 "environment": {**runstate.environment(self.device), "training_step": self.step_fn.mode}}
         state.metrics, test_ll = report.final(self.model, self.scored, self.prepared, state.history, config,
                                               self.recipe, self.out, progress, self.compile, facts)
-        notify(self.callbacks, "on_fit_end", state)
+        self._notify("on_fit_end")
         return Run(self.model, config, self.prepared.data, state.history, state.metrics, self.out, test_ll)

@@ -27,6 +27,10 @@ class CheckpointError(PyroVAEError, RuntimeError):
     """A run directory or checkpoint that cannot be read or trusted."""
 
 
+class RunLockError(PyroVAEError, RuntimeError):
+    """A run folder that another process is writing (it holds the folder's lock, :class:`pyro_vae.rundir.RunLock`)."""
+
+
 class TrainingError(PyroVAEError, RuntimeError):
     """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
 

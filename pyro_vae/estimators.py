@@ -2,7 +2,7 @@
 
 Every class has ``differentiable_loss(model, guide, *args, **kwargs)``: a scalar whose value is
 minus the estimated bound of the minibatch, scaled by the data plate's ``num_data / batch_size``,
-and whose gradient is the estimator's. All but :class:`TraceGraphELBO` draw K = ``num_particles``
+and whose gradient is the estimator's. All but :class:`ScoreFunctionELBO` draw K = ``num_particles``
 vectorized particles per datapoint (:func:`pyro_vae.importance.importance_traces`), so the model
 and guide must allow one batch dimension left of their plates, and work per datapoint: with log
 weights
@@ -17,7 +17,7 @@ class                                   value per datapoint              gradien
 :class:`StickingTheLandingELBO`         ELBO, (1/K) sum_k log w_k        path derivative only (Roeder et al. 2017)
 :class:`DoublyReparameterizedELBO`      IWAE bound L_K                   DReG (Tucker et al. 2018)
 :class:`TailAdaptiveELBO`               ELBO (for monitoring)            tail-adaptive f-divergence (Wang et al. 2018)
-:class:`TraceGraphELBO`                 ELBO                             Pyro's TraceGraph_ELBO
+:class:`ScoreFunctionELBO`              ELBO                             Pyro's TraceGraph_ELBO
 ======================================  ===============================  ========================================
 
 **Masks, scales, global latents.** Sites are scored as Pyro scores them (:mod:`pyro_vae.importance`),
@@ -36,12 +36,10 @@ site's distribution depends on another site's sample (the path-derivative estima
 each site's parameters; see :mod:`pyro_vae.importance`). The model and guide share no
 parameters (theta in the model, phi in the guide), as Tucker et al. assume.
 
-Why per datapoint: each datapoint has its own K weights, as in Burda et al. (2016), and the
-per-datapoint bounds are summed and scaled by the data plate's subsample scale. Pyro's
-:class:`~pyro.infer.RenyiELBO` keeps datapoints apart too, but puts the subsample scale inside
-the log-sum-exp (and has no ``differentiable_loss``); Pyro's
-:class:`~pyro.infer.TraceTailAdaptive_ELBO` sums each particle's log-densities over the whole
-minibatch, so it ranks joint weights of all B latents at once (see :mod:`pyro_vae.objectives`).
+Each datapoint has its own K weights, as in Burda et al. (2016), and the per-datapoint bounds are
+summed and scaled by the data plate's subsample scale. Why these rather than Pyro's
+:class:`~pyro.infer.RenyiELBO` and :class:`~pyro.infer.TraceTailAdaptive_ELBO`:
+``docs/upstream.md#pyro-estimators-replaced-here``.
 """
 
 import math
@@ -210,10 +208,8 @@ class TailAdaptiveELBO(ParticleELBO):
 
     The objective has no closed value; ``differentiable_loss`` returns the ELBO estimate
     (1/K) sum_k log w_k of the same draws as its value, for monitoring, with the tail-adaptive
-    gradient. Pyro's :class:`~pyro.infer.TraceTailAdaptive_ELBO` returns ``inf`` as its loss,
-    ranks the joint weight of the whole minibatch (one ranking for all datapoints), and gives
-    particle k the value at position k of the sorted order instead of k's own rank (its ranking
-    is reported as wrong in pyro-ppl/pyro issue 3170).
+    gradient. It ranks each datapoint's own K weights; how that differs from Pyro's
+    :class:`~pyro.infer.TraceTailAdaptive_ELBO`: ``docs/upstream.md#pyro-estimators-replaced-here``.
     """
 
     def __init__(self, num_particles: int = 5, beta: float = -1.0, max_plate_nesting: int = 1):
@@ -236,8 +232,10 @@ class TailAdaptiveELBO(ParticleELBO):
         return -weights.scale * (elbo + surrogate - surrogate.detach()).sum()
 
 
-class TraceGraphELBO(TraceGraph_ELBO):
-    """Pyro's :class:`~pyro.infer.TraceGraph_ELBO` with the ``differentiable_loss`` it lacks.
+class ScoreFunctionELBO(TraceGraph_ELBO):
+    """The ELBO with score-function gradients for non-reparameterized sites, as a ``differentiable_loss``:
+    Pyro's :class:`~pyro.infer.TraceGraph_ELBO`, which has only ``loss_and_grads``, made to drive a
+    PyTorch optimizer.
 
     The value is the ELBO estimate; the gradient that of TraceGraph_ELBO's surrogate loss
     (score-function terms with Rao-Blackwellization by the dependency graph, and optional

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from . import precision as precisions
 from .errors import ConfigError, first_line
 from .importance import log_importance_weights
+from .step import COMPILE_MODES
 from .tracing import for_replay, signature, trace
 
 DEFAULT_CHUNK_SIZE = 10_000
@@ -116,16 +117,18 @@ class _LogWeights:
 def _per_datapoint(model: Callable, guide: Callable, x: Data, num_particles: int,
                    reduce: Callable[[torch.Tensor], torch.Tensor], chunk_size: int, progress: bool,
                    description: str, precision: str, options: Optional[dict] = None,
-                   compile: str = "trace") -> torch.Tensor:
+                   compile: str = "replay") -> torch.Tensor:
     """Apply ``reduce`` (particles -> one value) to the log weights of every datapoint, in chunks;
     ``options`` are keywords of :func:`~pyro_vae.importance.log_importance_weights`; with
-    ``compile="none"`` Pyro computes every chunk, else chunks are traced where there are many."""
+    ``compile="eager"`` Pyro computes every chunk, else chunks are traced where there are many."""
+    if compile not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
     data = x if isinstance(x, tuple) else (x,)
     particles_per_chunk = max(1, min(num_particles, chunk_size))
     rows_per_chunk = max(1, chunk_size // particles_per_chunk)
     chunks = math.ceil(len(data[0]) / rows_per_chunk) * math.ceil(num_particles / particles_per_chunk)
     log_weights = _LogWeights(model, guide, precision,
-                              compile != "none" and chunks >= _LogWeights.MIN_CHUNKS_TO_TRACE, options)
+                              compile != "eager" and chunks >= _LogWeights.MIN_CHUNKS_TO_TRACE, options)
     results = []
     with tqdm(total=len(data[0]), desc=description, unit="datapoint", disable=not progress, leave=False) as bar, \
             torch.no_grad():
@@ -153,10 +156,10 @@ def paired_difference(a: Estimate, b: Estimate) -> Estimate:
 
 def elbo(model: Callable, guide: Callable, x: Data, num_particles: int = 1,
          chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False, precision: str = "fp32",
-         compile: str = "trace") -> Estimate:
+         compile: str = "replay") -> Estimate:
     """The ELBO per datapoint, estimated with ``num_particles`` draws per datapoint and scored as
     :data:`SCORING` says: with one draw, Trace_ELBO's value of that draw over the number of datapoints.
-    ``compile="none"`` (a run's ``--compile none``) evaluates every chunk eagerly."""
+    ``compile="eager"`` (a run's ``--compile eager``) evaluates every chunk eagerly."""
     values = _per_datapoint(model, guide, x, num_particles, lambda w: w.mean(0), chunk_size, progress, "ELBO",
                             precision, _OWN_DENSITY, compile)
     return _summary(values, num_particles)
@@ -164,9 +167,9 @@ def elbo(model: Callable, guide: Callable, x: Data, num_particles: int = 1,
 
 def log_likelihood(model: Callable, guide: Callable, x: Data, num_particles: int = 5000,
                    chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = False, precision: str = "fp32",
-                   compile: str = "trace") -> Estimate:
+                   compile: str = "replay") -> Estimate:
     """The importance-sampled estimate of log p(x) per datapoint, with K = ``num_particles``, scored as
-    :data:`SCORING` says. ``compile="none"`` (a run's ``--compile none``) evaluates every chunk eagerly."""
+    :data:`SCORING` says. ``compile="eager"`` (a run's ``--compile eager``) evaluates every chunk eagerly."""
     def log_mean_exp(log_weight: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(log_weight, 0) - math.log(num_particles)
 

@@ -5,7 +5,7 @@ name               K     estimator
 =================  ====  =========================================================================
 ``trace``          1     :class:`~pyro.infer.Trace_ELBO`: Monte-Carlo KL, the paper's estimator A (eq. 6)
 ``meanfield``      1     :class:`~pyro.infer.TraceMeanField_ELBO`: analytic KL, estimator B (eq. 7)
-``tracegraph``     1     :class:`~pyro_vae.estimators.TraceGraphELBO`: Pyro's TraceGraph_ELBO with a
+``tracegraph``     1     :class:`~pyro_vae.estimators.ScoreFunctionELBO`: Pyro's TraceGraph_ELBO with a
                          ``differentiable_loss``
 ``enum``           1     :class:`~pyro.infer.TraceEnum_ELBO`: ``trace`` with the discrete sites marked for
                          enumeration summed out exactly, in the guide (the class y of M2) or the model
@@ -34,18 +34,9 @@ what it requires of a guide. ``make_objective(name, K)`` (``--particles K``) set
 ``iwae``, ``dreg``, ``renyi-0.5``, ``tail-adaptive`` and ``rws`` need K >= 2: with one particle
 the first four reduce to the ELBO, and ``rws``'s q-wake update has nothing to weigh.
 
-Why not :class:`~pyro.infer.RenyiELBO` for ``iwae`` and ``renyi-0.5``: it has no
-``differentiable_loss`` (so it cannot drive a PyTorch optimizer), and under minibatch
-subsampling it applies the plate's scale to each log weight *inside* the log-sum-exp, which
-changes the bound (with scale 600 it is nearly the best particle's weight) instead of scaling it.
-Without subsampling it computes the same per-datapoint bound as
-:class:`~pyro_vae.estimators.ImportanceWeightedELBO`, which scales the sum of per-datapoint bounds,
-as the full-data objective requires (``tests/test_estimators.py`` shows both). Pyro's
-:class:`~pyro.infer.TraceTailAdaptive_ELBO` sums one particle's log-densities over the whole
-minibatch and ranks those joint weights, returns ``inf`` as its loss (the training loop stops on
-a non-finite loss) and ranks its particles incorrectly (pyro-ppl/pyro issue 3170); hence
-``tail-adaptive`` is :class:`~pyro_vae.estimators.TailAdaptiveELBO`, which ranks each
-datapoint's own K weights.
+``iwae``, ``renyi-0.5`` and ``tail-adaptive`` are this project's own estimators rather than Pyro's
+:class:`~pyro.infer.RenyiELBO` and :class:`~pyro.infer.TraceTailAdaptive_ELBO`: see
+``docs/upstream.md#pyro-estimators-replaced-here``.
 
 Particles are vectorized, so the model and guide must allow one extra batch dimension on the
 left of their plates (``max_plate_nesting`` says how many plates they use; the models here use
@@ -77,21 +68,18 @@ model's guide breaks, as the model declares them in two attributes (absent means
 
 **Validation.** Pyro's checks (distribution arguments and supports, model/guide site matching,
 the mean-field condition) follow Pyro's global switch, :func:`pyro.enable_validation`, which is
-on unless Python runs with ``-O``. The models here leave ``validate_args`` to that switch; a
-loop that wants speed runs under :func:`validation` (``validation(False)``), and
-``validation(None)`` leaves the switch as the user set it.
+on unless Python runs with ``-O``. The models here leave ``validate_args`` to that switch; to run
+a block with the checks on or off, use :func:`pyro.validation_enabled`.
 """
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict
 
-import pyro
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .errors import ConfigError
-from .estimators import (DoublyReparameterizedELBO, ImportanceWeightedELBO, StickingTheLandingELBO, TailAdaptiveELBO,
-                         TraceGraphELBO)
+from .estimators import (DoublyReparameterizedELBO, ImportanceWeightedELBO, ScoreFunctionELBO, StickingTheLandingELBO,
+                         TailAdaptiveELBO)
 
 
 @dataclass(frozen=True)
@@ -166,7 +154,7 @@ register(Objective(
     "meanfield", lambda k, n: TraceMeanField_ELBO(**_particles(k, n)),
     "TraceMeanField_ELBO: analytic KL, the paper's estimator B", needs_mean_field_guide=True, analytic_kl=True))
 register(Objective(
-    "tracegraph", lambda k, n: TraceGraphELBO(**_particles(k, n)),
+    "tracegraph", lambda k, n: ScoreFunctionELBO(**_particles(k, n)),
     "TraceGraph_ELBO with a differentiable_loss", needs_reparameterized_guide=False))
 # No warning for labelled batches, which have nothing to enumerate.
 register(Objective(
@@ -256,19 +244,3 @@ def _record(name: str) -> Objective:
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]
-
-
-@contextlib.contextmanager
-def validation(enabled: Optional[bool]) -> Iterator[None]:
-    """Pyro's validation checks on (``True``) or off (``False``) inside the block, restored after it;
-    ``None`` leaves Pyro's global switch (:func:`pyro.enable_validation`) as it is.
-
-    The checks read tensor values (argument constraints, the support of observed data), which
-    costs a host read per check on an accelerator; a training loop runs its steps under
-    ``validation(config.validate)`` so that it is fast by default and checked when asked.
-    """
-    if enabled is None:
-        yield
-        return
-    with pyro.validation_enabled(bool(enabled)):
-        yield

@@ -3,8 +3,10 @@ samples from the prior, the learned data manifold of a 2-D latent space (Figure 
 pictures a model names for itself (``model.pictures``: styles across classes for M2, samples
 per class or completions for the conditional VAE), all drawn by :func:`save_image_grid`.
 
-Image grids are made by :func:`torchvision.utils.make_grid` and drawn by matplotlib with the
-non-interactive Agg backend, so pictures are written on machines without a display.
+Image grids are made by :func:`torchvision.utils.make_grid` and drawn on a
+:class:`matplotlib.figure.Figure`, which its own canvas saves: no display, no ``pyplot`` and no
+backend switch, so the backend of the process that draws stays as its user set it. matplotlib is
+imported when a picture is drawn, not with this module.
 """
 
 import os
@@ -12,18 +14,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+
+def _figure(figsize: tuple) -> tuple:
+    """A new figure with one axes, outside ``pyplot``'s figure manager (nothing to close)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize, dpi=120)
+    return fig, fig.add_subplot()
 
 
 def plot_learning_curves(history: Sequence[dict], path: os.PathLike, title: str = "") -> None:
     """Train and test ELBO per datapoint against training samples evaluated (log x-axis)."""
     samples = [record["samples_seen"] for record in history]
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    fig, ax = _figure((5, 3.6))
     ax.plot(samples, [record["train_elbo"] for record in history], "-", color="C0", label="train")
     ax.plot(samples, [record["test_elbo"] for record in history], "--", color="C0", label="test")
     ax.set_xscale("log")
@@ -34,11 +38,11 @@ def plot_learning_curves(history: Sequence[dict], path: os.PathLike, title: str 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int) -> torch.Tensor:
     """Rows of flattened images as one ``(H, W)`` grid, one pixel of padding between images."""
+    from torchvision.utils import make_grid
     images = images.detach().float().cpu().reshape(-1, 1, *image_shape)
     return make_grid(images, nrow=nrow, padding=1, pad_value=1.0)[0]
 
@@ -48,13 +52,12 @@ def save_image_grid(images: torch.Tensor, image_shape: Sequence[int], nrow: int,
     """Draw :func:`image_grid` in grey levels and save it."""
     grid = image_grid(images, image_shape, nrow)
     height, width = grid.shape
-    fig, ax = plt.subplots(figsize=(max(3.0, width * pixel_size), max(3.0, height * pixel_size) + 0.4), dpi=120)
+    fig, ax = _figure((max(3.0, width * pixel_size), max(3.0, height * pixel_size) + 0.4))
     ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_reconstructions(model, inputs: tuple, image_shape: Sequence[int], path: os.PathLike) -> None:

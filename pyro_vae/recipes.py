@@ -183,6 +183,12 @@ def recipe(name: str, common: dict, model_args: Optional[dict] = None) -> dict:
     return {"factory": factory_path(name), "kwargs": kwargs}
 
 
+def make(name: str, common: dict, model_args: Optional[dict] = None) -> tuple[dict, nn.Module]:
+    """The recipe of factory ``name`` (:func:`recipe`) and the untrained model it builds (:func:`build`)."""
+    model_recipe = recipe(name, common, model_args)
+    return model_recipe, build(model_recipe)
+
+
 def build(model_recipe: dict, where: str = "the model recipe") -> nn.Module:
     """The model a recipe read from ``where`` describes (untrained: the weights come from a checkpoint or
     from training); the recipe is checked first (:func:`check_recipe`)."""

@@ -7,52 +7,44 @@ importance-sampled test log p(x) with ``eval_particles`` draws (:mod:`pyro_vae.e
 says how sites are scored), draws the pictures the model can draw and writes ``metrics.json``.
 """
 
-import platform
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pyro
-import torch
 from torch import nn
 
 from . import evaluation
-from .batches import Prepared, arguments
+from .batches import Prepared
 from .checkpoint import write_json
 from .tensor_data import TensorData
 
 
-def evaluate(model: nn.Module, scored: nn.Module, data, rows: tuple, split: str, precision: str,
+def evaluate(model: nn.Module, scored: nn.Module, prepared: Prepared, split: str, precision: str,
              compile: str) -> dict:
-    """``{split}_elbo`` per datapoint of ``rows`` (one draw each) and, for a model with a classifier and
-    labelled rows, ``{split}_accuracy``. ``scored`` runs model and guide (:mod:`pyro_vae.param_sites`)."""
-    args = arguments(model, data, rows)
+    """``{split}_elbo`` per datapoint (one draw each) of the train-ELBO subset or the test set and, for a
+    model with a classifier and labelled images, ``{split}_accuracy``. ``scored`` runs model and guide
+    (:mod:`pyro_vae.param_sites`)."""
+    rows, args = (prepared.train_eval, prepared.train_eval_arguments) if split == "train" \
+        else (prepared.test, prepared.test_arguments)
     figures = {f"{split}_elbo": evaluation.elbo(scored.model, scored.guide, args, precision=precision,
                                                 compile=compile).mean}
-    if hasattr(model, "classify") and len(rows) > 1 and not isinstance(data, TensorData):
+    if hasattr(model, "classify") and len(rows) > 1 and not isinstance(prepared.data, TensorData):
         figures[f"{split}_accuracy"] = evaluation.accuracy(model, rows[0], rows[1])
     return figures
 
 
-def record(model: nn.Module, scored: nn.Module, prepared: Prepared, config, epoch: int, samples_seen: int,
-           seconds: float, compile: str) -> dict:
-    """The history's record of an evaluation after ``epoch``."""
-    return {"epoch": epoch, "samples_seen": samples_seen,
-            **evaluate(model, scored, prepared.data, prepared.train_eval, "train", config.precision, compile),
-            **evaluate(model, scored, prepared.data, prepared.test, "test", config.precision, compile),
-            "seconds": seconds}
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and device, recorded with every run for reproducibility."""
-    import torchvision
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
-            "torchvision": torchvision.__version__, "device": str(device), "platform": platform.platform()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+def record(model: nn.Module, scored: nn.Module, prepared: Prepared, config, state, out: Path, compile: str) -> dict:
+    """The history's record of the evaluation after epoch ``state.epoch``, appended to ``state.history``
+    and written to ``history.json``."""
+    entry = {"epoch": state.epoch, "samples_seen": state.samples_seen,
+             **evaluate(model, scored, prepared, "train", config.precision, compile),
+             **evaluate(model, scored, prepared, "test", config.precision, compile),
+             "seconds": state.seconds}
+    state.history.append(entry)
+    write_json(out / "history.json", state.history)
+    return entry
 
 
 def final(model: nn.Module, scored: nn.Module, prepared: Prepared, history: list, config, recipe, out: Path,
@@ -64,7 +56,7 @@ def final(model: nn.Module, scored: nn.Module, prepared: Prepared, history: list
     data = prepared.data
     started = time.perf_counter()
     with pyro.validation_enabled(config.validate):
-        test_ll = evaluation.log_likelihood(scored.model, scored.guide, arguments(model, data, prepared.test),
+        test_ll = evaluation.log_likelihood(scored.model, scored.guide, prepared.test_arguments,
                                             config.eval_particles, progress=progress, precision=config.precision,
                                             compile=compile)
     skipped = _pictures(model, data, history, out, prepared)
@@ -84,5 +76,5 @@ def _pictures(model: nn.Module, data, history: list, out: Path, prepared: Prepar
         plots.plot_learning_curves(history, out / "learning_curve.png", data.name)
         print("pictures skipped: images of TensorData (only learning_curve.png)", file=sys.stderr)
         return ["images (TensorData)"]
-    few = tuple(t[:10] for t in prepared.test)
-    return plots.draw_run_pictures(model, data, history, out, arguments(model, data, few))
+    few = tuple(t[:10] for t in prepared.test_arguments)
+    return plots.draw_run_pictures(model, data, history, out, few)

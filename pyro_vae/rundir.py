@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, RunLockError
 
 #: Files whose presence means a folder holds a run.
 RUN_MARKERS = ("checkpoint.pt", "config.json", "history.json", "metrics.json")
@@ -77,6 +77,7 @@ class RunLock:
     The lock is a file created with ``O_EXCL`` holding ``host pid``. If it exists and names a
     process of this host that has ended, it is stale and is replaced; a lock from another host
     is respected (its process cannot be checked from here) and the message says how to clear it.
+    A lock that is held raises :class:`~pyro_vae.errors.RunLockError`.
     """
 
     def __init__(self, folder: os.PathLike):
@@ -94,13 +95,13 @@ class RunLock:
                     self.path.unlink(missing_ok=True)
                     continue
                 holder = f"process {owner[1]} on {owner[0]}" if owner else "another process"
-                raise ConfigError(f"{self.path.parent} is being written by {holder}: wait for it to finish or "
+                raise RunLockError(f"{self.path.parent} is being written by {holder}: wait for it to finish or "
                                   f"pass another --out (if no such process runs, delete {self.path})") from None
             with os.fdopen(descriptor, "w") as stream:
                 stream.write(f"{socket.gethostname()} {os.getpid()}\n")
             self.held = True
             return self
-        raise ConfigError(f"could not take the lock {self.path}: another run took it first; pass another --out")
+        raise RunLockError(f"could not take the lock {self.path}: another run took it first; pass another --out")
 
     def _owner(self) -> Optional[tuple[str, int]]:
         try:

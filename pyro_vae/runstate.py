@@ -9,6 +9,7 @@ epoch, where: the step, the minibatch cycles and the loss summed so far. On the 
 and number of processes a resumed run ends exactly as an uninterrupted one would.
 """
 
+import platform
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyro
 import torch
 
 from .callbacks import State
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, write_json
 from .config import TrainConfig
 from .distributed import Processes
 from .errors import ConfigError
@@ -51,6 +52,26 @@ def save(path: Path, state: State, run: dict, generator: torch.Generator, proces
     if position:
         payload["position"] = position
     save_checkpoint(path, payload)
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and device, recorded with every run for reproducibility."""
+    import torchvision
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+            "torchvision": torchvision.__version__, "device": str(device), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def begin(out: Path, facts: dict, config: TrainConfig, processes: Processes, device: torch.device) -> None:
+    """A new run: its ``config.json`` (configuration, recipe, versions and device), and the other
+    processes' own random streams."""
+    if processes.main:
+        write_json(out / "config.json", {"config": facts["config"], "recipe": facts["recipe"],
+                                         "environment": environment(device)})
+    seed_other_ranks(config, processes)
 
 
 def run_facts(config: TrainConfig, recipe: Optional[dict], in_memory: bool, device: torch.device,

@@ -9,14 +9,14 @@ size ``num_data``, with which the minibatch loss estimates the part's full-data 
 :class:`TrainingStep` returns device tensors and never reads them on the host, so the loop can
 run many steps before it synchronises.
 
-**Compiled steps** (``TrainingStep(..., compile="trace" | "inductor")``) trace the whole step
+**Compiled steps** (``TrainingStep(..., compile="replay" | "inductor")``) trace the whole step
 with :func:`pyro_vae.tracing.trace`, once per batch shape: model, guide, objective, the backward
 pass, gradient clipping, the finiteness check and the optimizer's own fused update kernel
 (``torch._fused_adam_`` / ``torch._fused_adagrad_``, applied in place to the parameters and the
 optimizer's state), so one call of the graph is one step. Model and guide stay ordinary Pyro
 programs, run once by Pyro's own handlers while tracing.
 
-* ``"trace"`` replays the traced graph: no Pyro overhead and no host sync per step, the same
+* ``"replay"`` replays the traced graph: no Pyro overhead and no host sync per step, the same
   random draws and the same parameters as the eager step for the same seed (tested). Where MKL
   is the slower BLAS (non-Intel x86 CPUs, :func:`pyro_vae.tracing.onednn_pays`) its large float32
   products run in oneDNN, equal to the eager step's up to rounding. On CUDA, with the update in
@@ -24,7 +24,7 @@ programs, run once by Pyro's own handlers while tracing.
   CUDA graph (:class:`CUDAGraphReplay`): one launch per step instead of one per kernel.
 * ``"inductor"`` compiles the traced graph with TorchInductor, which fuses the elementwise work
   around the matrix products (C++ on the CPU, Triton on CUDA). The first step of each batch shape
-  compiles (tens of seconds on a CPU; cached on disk after). Random draws come from Inductor's
+  compiles (``docs/speed.md`` says for how long). Random draws come from Inductor's
   own generator, seeded from PyTorch's: reproducible for a seed, the eager step's distribution,
   not its numbers.
 
@@ -41,9 +41,8 @@ step is traced again, or, where it changes within :data:`RETRACE_MIN_STEPS` step
 eagerly. State outside the model's modules (globals, the objective's attributes) is not seen
 (:mod:`pyro_vae.tracing`). ``validate=True`` (Pyro's checks at every step) runs eagerly.
 
-Why not :func:`torch.compile` of the eager loss directly: Dynamo breaks the graph inside Pyro's
-handlers (17 breaks for ``meanfield`` in PyTorch 2.x, at ``pyro/poutine/subsample_messenger.py``,
-"TypedDict with optional keys").
+Why the step is traced rather than compiled by :func:`torch.compile` from the eager loss, or run by
+Pyro's JIT objectives: ``docs/speed.md#why-not-torchcompile-or-pyros-jit``.
 """
 
 import contextlib
@@ -65,12 +64,11 @@ from .tracing import (changed, compile_graph, flatten, for_replay, python_state,
 
 Batch = tuple[tuple, int]  # (args for model and guide, size of the data part)
 
-#: Values of ``TrainingStep(compile=...)``; ``"auto"`` is resolved by :func:`choose_compile`.
-COMPILE_MODES = ("auto", "none", "trace", "inductor")
+#: Values of ``TrainingStep(compile=...)``: ``"eager"`` (Pyro runs every step), ``"replay"`` (the traced
+#: step replayed), ``"inductor"`` (the traced step compiled); ``"auto"`` is resolved by :func:`choose_compile`.
+COMPILE_MODES = ("auto", "eager", "replay", "inductor")
 #: ``compile="auto"`` compiles with Inductor for runs of at least this many steps, and replays the
-#: traced step for shorter ones. Measured on a 2-core CPU (``docs/speed.md``): Inductor compiles the
-#: MNIST step in 17-28 s without a disk cache and saves 0.26-0.64 ms of a 4.9-5.4 ms step, so it
-#: pays after 27,000-110,000 steps.
+#: traced step for shorter ones: where Inductor's compile time is paid back (``docs/speed.md``).
 INDUCTOR_MIN_STEPS = 60_000
 #: A compiled step whose Python state (a KL weight on the model) changes again within this many steps
 #: of its latest trace runs eagerly from then on: a trace of the MNIST step costs about as much as
@@ -80,10 +78,10 @@ RETRACE_MIN_STEPS = 100
 
 def choose_compile(compile: str, steps: int) -> str:
     """The step ``compile="auto"`` runs for a run of ``steps`` steps: ``"inductor"`` when the
-    compile time is small beside the time it saves, else ``"trace"``; other modes as they are."""
+    compile time is small beside the time it saves, else ``"replay"``; other modes as they are."""
     if compile != "auto":
         return compile
-    return "inductor" if steps >= INDUCTOR_MIN_STEPS else "trace"
+    return "inductor" if steps >= INDUCTOR_MIN_STEPS else "replay"
 
 
 class ObjectiveLoss(nn.Module):
@@ -121,7 +119,7 @@ def make_optimizer(name: str, parameters: Iterable[torch.Tensor], lr: float, wei
     tensor for the whole update) when PyTorch supports it for these parameters (CPU and CUDA
     for Adam; CPU for Adagrad in recent PyTorch), else the ``foreach`` one. Both compute the
     same update up to floating-point rounding (``tests/test_step.py``); the fused one is
-    about 3x faster on the CPU for the MNIST network (``docs/speed.md``). ``fused=False``
+    the faster on the CPU (``docs/speed.md``). ``fused=False``
     forces ``foreach``; ``fused=True`` raises where fused is unsupported.
     """
     optimizers = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
@@ -229,13 +227,13 @@ class CompiledStep:
     """One training step as one traced graph (see the module's docstring), per batch signature.
 
     :param loss: the :class:`ObjectiveLoss` to trace.
-    :param backend: ``"trace"`` to replay the traced graph, ``"inductor"`` to compile it.
-    :param optimizer: updated inside a ``"trace"`` graph when it has a fused kernel
+    :param backend: ``"replay"`` to replay the traced graph, ``"inductor"`` to compile it.
+    :param optimizer: updated inside a ``"replay"`` graph when it has a fused kernel
         (:func:`fused_update`); None, one without, or ``"inductor"`` makes the graph return
         ``(loss, gradients)`` for the caller to apply.
     :param clip_grad_norm: with the update in the graph, the gradient's total norm is clipped there.
     :param cuda_graphs: replay the step as a CUDA graph where it can be (:class:`CUDAGraphReplay`:
-        the update in a ``"trace"`` graph, parameters on CUDA). Off by default: it has not yet run
+        the update in a ``"replay"`` graph, parameters on CUDA). Off by default: it has not yet run
         on a GPU (``docs/speed.md``).
 
     Calling it returns ``(loss, finite, gradient norm)`` with the update inside, else ``(loss, gradients)``.
@@ -251,8 +249,8 @@ class CompiledStep:
 
     def __init__(self, loss: ObjectiveLoss, backend: str = "inductor", optimizer: Optional[torch.optim.Optimizer] = None,
                  clip_grad_norm: Optional[float] = None, cuda_graphs: bool = False):
-        if backend not in ("trace", "inductor"):
-            raise ValueError(f"unknown backend {backend!r}: choose trace or inductor")
+        if backend not in ("replay", "inductor"):
+            raise ValueError(f"unknown backend {backend!r}: choose replay or inductor")
         self.loss = loss
         self.backend = backend
         self.clip_grad_norm = clip_grad_norm
@@ -261,9 +259,8 @@ class CompiledStep:
         self.parameters = [p for _, p in named if p.requires_grad]
         self.frozen = {name: p for name, p in named if not p.requires_grad}
         self.buffer_names = [name for name, _ in loss.named_buffers()]
-        # Inductor cannot take the fused kernels (functionalizing them fails in PyTorch 2.14: "mutating a
-        # non-functional tensor with a functional tensor"), so its graph stops at the gradients.
-        self.update_rule = fused_update(optimizer) if backend == "trace" and optimizer is not None else None
+        # Inductor cannot take the fused kernels (docs/speed.md), so its graph stops at the gradients.
+        self.update_rule = fused_update(optimizer) if backend == "replay" and optimizer is not None else None
         self.optimizer = optimizer if self.update_rule is not None else None
         if self.optimizer is not None:
             _initial_state(self.optimizer)
@@ -348,7 +345,7 @@ class CompiledStep:
         if side_effects:
             self._run_eagerly(f"the model changed {_listed(side_effects)} as it ran, which a traced graph does not "
                               "replay")
-        if self.backend == "trace":
+        if self.backend == "replay":
             graph = for_replay(graph)
         mismatch = self._eager_mismatch(graph, batches)
         if mismatch:
@@ -419,7 +416,7 @@ class CompiledStep:
             if self.backend != "inductor":
                 raise
             self._fall_back(f"Inductor failed ({reason}); replaying the traced graph instead")
-            self.backend = "trace"
+            self.backend = "replay"
             self.graphs.clear()
             self.steps -= 1
             return self(batches)
@@ -457,11 +454,11 @@ class TrainingStep:
     :param loss: an :class:`ObjectiveLoss` (or a wrapper of one, such as DDP).
     :param optimizer: a torch optimizer over the model's parameters.
     :param clip_grad_norm: clip the gradient's total norm to this value, if given.
-    :param compile: ``"none"`` (default): Pyro runs model, guide and objective every step;
-        ``"trace"`` or ``"inductor"``: the compiled step (see the module's docstring), falling back
+    :param compile: ``"eager"`` (default): Pyro runs model, guide and objective every step;
+        ``"replay"`` or ``"inductor"``: the compiled step (see the module's docstring), falling back
         to eager with one warning where it would depart from the eager step (:class:`CompiledStep`).
-        ``"auto"`` is ``"trace"`` here; the training loop resolves it by the run's length first
-        (:func:`choose_compile`). ``True``/``False`` mean ``"inductor"``/``"none"``.
+        ``"auto"`` is ``"replay"`` here; the training loop resolves it by the run's length first
+        (:func:`choose_compile`). ``True``/``False`` mean ``"inductor"``/``"eager"``.
     :param validate: run Pyro's validation checks (arguments, supports) at every step. They read
         values on the host, which a traced graph cannot, so a compiled step then runs eagerly, with
         one warning. With ``False`` the eager step follows Pyro's global switch and a compiled
@@ -471,15 +468,15 @@ class TrainingStep:
     """
 
     def __init__(self, loss: nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: Optional[float] = None,
-                 compile="none", validate: bool = False, cuda_graphs: bool = False):
+                 compile="eager", validate: bool = False, cuda_graphs: bool = False):
         if compile is True:
             compile = "inductor"
         elif compile is False or compile is None:
-            compile = "none"
+            compile = "eager"
         if compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
         if compile == "auto":
-            compile = "trace"
+            compile = "replay"
         self.loss = loss
         self.optimizer = optimizer
         self.clip_grad_norm = clip_grad_norm
@@ -490,10 +487,10 @@ class TrainingStep:
         self.compiled: Optional[CompiledStep] = None
         #: The last step's total gradient norm before clipping (a device tensor), for callbacks.
         self.grad_norm: Optional[torch.Tensor] = None
-        if compile != "none" and validate:
+        if compile != "eager" and validate:
             warnings.warn(f"training step: validate=True runs Pyro's checks at every step, which a traced graph "
                           f"cannot; running eagerly instead of compile={compile!r}", RuntimeWarning, stacklevel=2)
-        elif compile != "none":
+        elif compile != "eager":
             inner = loss.module if self.distributed else loss
             if not isinstance(inner, ObjectiveLoss):
                 raise ValueError("a compiled step needs an ObjectiveLoss (or DDP of one)")
@@ -503,10 +500,10 @@ class TrainingStep:
 
     @property
     def mode(self) -> str:
-        """The step that runs: "none" (eager), "trace" or "inductor", "+update" where the
+        """The step that runs: "eager", "replay" or "inductor", "+update" where the
         optimizer's update is inside the traced graph, "+cudagraph" where it is replayed as a CUDA graph."""
         if self.compiled is None:
-            return "none"
+            return "eager"
         return (self.compiled.backend + ("+update" if self.compiled.updates else "")
                 + ("+cudagraph" if self.compiled.cuda_graphs else ""))
 

@@ -1,14 +1,13 @@
 """PyTorch's read-only kernel constants mapped into the process before its CPU kernels run.
 
-PyTorch's AVX-512 kernels read constants from ``libtorch_cpu``'s read-only data with masked
-loads; Sleef's ``log1p``, under ``log_sigmoid`` and so under every Bernoulli log-density of
-logits, is one. Until the process has touched the page a constant lives on, each such load whose
-lanes are all masked off is slow: ``log_sigmoid`` of 100x784 floats took 0.9-1.0 ms instead of
-0.05-0.09 ms on one thread of an AMD EPYC, in every process until some other kernel happened to
-read the page (docs/speed.md). :func:`map_torch_constants` maps those pages in once, with
-``madvise(MADV_POPULATE_READ)``; ``import pyro_vae`` calls it unless the environment sets
-``PYRO_VAE_MAP_TORCH_CONSTANTS=0``. The pages are shared with every other process using the
-library; they count towards this one's resident memory (60-70 MB).
+A workaround for an upstream slowdown (``docs/upstream.md#sleefs-masked-loads-in-pytorchs-avx-512-kernels``):
+PyTorch's AVX-512 kernels (Sleef's ``log1p``, under ``log_sigmoid`` and so under every Bernoulli
+log-density of logits) read constants from ``libtorch_cpu``'s read-only data with masked loads,
+which stay slow until the process has touched the page a constant lives on.
+:func:`map_torch_constants` maps those pages in once, with ``madvise(MADV_POPULATE_READ)``. Importing
+pyro-vae does not call it: a CPU training run does when it starts, and anyone may call it. The pages
+are shared with every other process using the library, but count towards this one's resident
+memory. ``PYRO_VAE_MAP_TORCH_CONSTANTS=0`` switches it off. What it is worth: ``docs/speed.md``.
 """
 
 import ctypes

@@ -8,7 +8,8 @@ every ATen operation it performs, the backward pass and in-place updates include
 graph gives the same numbers and draws the same random numbers as the Python function for the
 same seed; :func:`compile_graph` hands it to TorchInductor, which fuses the elementwise work.
 :func:`for_replay` and :func:`compile_graph` send a graph's large float32 matrix products to oneDNN
-on CPUs where PyTorch's default BLAS (MKL) is the slower of the two (:func:`onednn_pays`).
+on CPUs where PyTorch's default BLAS (MKL) is the slower of the two (:func:`onednn_pays`), a
+workaround for ``docs/upstream.md#mkl-on-cpus-not-made-by-intel``.
 
 A traced graph is valid for the shapes, dtypes and devices it was traced with, for the values
 of non-tensor arguments (:func:`signature`) and for the plain Python state of the modules it ran
@@ -30,28 +31,40 @@ import pyro
 import torch
 
 
+def _item(x):
+    return x.detach() if torch.is_tensor(x) else x
+
+
+def _no_check(value, *args, **kwargs):
+    return value
+
+
 @contextlib.contextmanager
 def traceable():
-    """Pyro's per-call host reads switched off, as they must be while tracing.
+    """Pyro's per-call host reads switched off inside the block, as they must be while tracing.
 
-    ``torch_item`` (``.item()`` of the loss) becomes ``detach`` and ``warn_if_nan`` (a NaN check
-    of the loss and a backward hook checking its gradient) is dropped: both read values that do
-    not exist while tracing; a traced training step checks finiteness on the device itself.
-    Validation (argument checks that read values) is off as well, as in Pyro's JIT objectives.
+    A workaround for ``docs/upstream.md#pyros-torch_item-and-warn_if_nan-under-tracing``: Pyro's
+    ELBOs call ``torch_item`` (``.item()`` of the loss) and ``warn_if_nan`` (a NaN check of the
+    loss and a backward hook checking its gradient), which read values that do not exist under
+    :func:`~torch.fx.experimental.proxy_tensor.make_fx`; only ``TraceMeanField_ELBO`` asks whether
+    it is traced, and only TorchScript's tracer. So inside the block, in each loaded ``pyro.infer``
+    module that imported Pyro's own two functions, ``torch_item`` becomes ``detach`` and
+    ``warn_if_nan`` returns its value unchecked; each module gets its own functions back when the
+    block ends, also on an error. Functions of those names that are not Pyro's are left alone. A
+    traced training step checks finiteness on the device itself. Validation (argument checks that
+    read values) is off as well, as in Pyro's JIT objectives. The patch is the process's while the
+    block runs: another thread running Pyro then would skip its checks too.
     """
-    def item(x):
-        return x.detach() if torch.is_tensor(x) else x
-
-    def no_check(value, *args, **kwargs):
-        return value
+    from pyro.infer.util import torch_item
+    from pyro.util import warn_if_nan
 
     saved = []
     for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith(("pyro.infer", "pyro_vae")):
+        if module is None or not (name == "pyro.infer" or name.startswith("pyro.infer.")):
             continue
-        for attr, new in (("torch_item", item), ("warn_if_nan", no_check)):
-            if callable(getattr(module, attr, None)):
-                saved.append((module, attr, getattr(module, attr)))
+        for attr, original, new in (("torch_item", torch_item, _item), ("warn_if_nan", warn_if_nan, _no_check)):
+            if getattr(module, attr, None) is original:
+                saved.append((module, attr, original))
                 setattr(module, attr, new)
     try:
         with pyro.validation_enabled(False):
@@ -189,16 +202,44 @@ def compile_graph(graph: torch.fx.GraphModule) -> Callable:
     large products in oneDNN where that pays (:func:`onednn_pays`).
 
     A CUDA build of PyTorch on a machine without CUDA logs "No CUDA runtime is found" when
-    Inductor builds its C++ kernels; that line is silenced (nothing is wrong with the CPU build).
+    Inductor builds its C++ kernels, at the first call; that line is silenced while the first call
+    compiles (nothing is wrong with the CPU build), and the logger's level is put back after it.
     """
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if onednn_pays():
         graph = route_matmuls_to_onednn(graph, for_inductor=True)
-    return torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False)
+    return _CompiledGraph(torch.compile(graph, backend="inductor", fullgraph=True, dynamic=False))
+
+
+class _CompiledGraph:
+    """A graph compiled at its first call, which runs with Inductor's C++ build quietened (:func:`compile_graph`)."""
+
+    def __init__(self, compiled: Callable):
+        self.compiled = compiled
+        self.compiling = True
+
+    def __call__(self, *inputs):
+        if not self.compiling:
+            return self.compiled(*inputs)
+        with _logger_level("torch.utils.cpp_extension", logging.ERROR):
+            outputs = self.compiled(*inputs)
+        self.compiling = False
+        return outputs
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    """The logger ``name`` at ``level`` inside the block, at its own level again after it."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 #: Matrix products of at least this many multiply-adds go to oneDNN; below it the two libraries are
-#: level or MKL is ahead (measured for the MNIST step's products on an AMD EPYC, docs/speed.md).
+#: level or MKL is ahead (``docs/speed.md``).
 ONEDNN_MIN_MACS = 2 ** 22
 
 
@@ -215,24 +256,32 @@ def cpu_vendor() -> str:
 def onednn_pays() -> bool:
     """Whether float32 matrix products on the CPU are faster through oneDNN than through MKL.
 
-    MKL picks its fast kernels on Intel CPUs only; on other x86 CPUs (AMD's) oneDNN's own kernels
-    run the MNIST step's large products about twice as fast (docs/speed.md). False where the
-    vendor is Intel or unknown, and where PyTorch lacks either library.
+    MKL picks its fast kernels on Intel CPUs only (``docs/upstream.md#mkl-on-cpus-not-made-by-intel``);
+    on other x86 CPUs (AMD's) oneDNN's own kernels run the MNIST step's large products faster
+    (``docs/speed.md``). False where the vendor is Intel or unknown, and where PyTorch lacks either library.
     """
     return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available() \
         and torch.backends.mkl.is_available() and cpu_vendor() not in ("", "GenuineIntel")
 
 
-@torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
-def onednn_linear(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``a @ weight.T + bias`` by oneDNN, as an operation Inductor calls without looking inside
-    (its own lowering of oneDNN's linear takes only constant weights, as in inference)."""
-    return torch.ops.mkldnn._linear_pointwise(a, weight, bias, "none", [], "")
+#: The name of :func:`onednn_linear`'s operation in PyTorch's registry.
+ONEDNN_LINEAR = "pyro_vae::onednn_linear"
 
 
-@onednn_linear.register_fake
-def _onednn_linear_shape(a, weight, bias):
-    return a.new_empty((a.shape[0], weight.shape[0]))
+@functools.lru_cache(maxsize=None)
+def onednn_linear() -> torch._ops.OpOverload:
+    """``torch.ops.pyro_vae.onednn_linear.default``: ``a @ weight.T + bias`` by oneDNN, as an
+    operation Inductor calls without looking inside (its own lowering of oneDNN's linear takes only
+    constant weights, as in inference). Registered with PyTorch at the first call, not at import."""
+    if ONEDNN_LINEAR not in torch._C._dispatch_get_all_op_names():
+        @torch.library.custom_op(ONEDNN_LINEAR, mutates_args=())
+        def linear(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise(a, weight, bias, "none", [], "")
+
+        @linear.register_fake
+        def _shape(a, weight, bias):
+            return a.new_empty((a.shape[0], weight.shape[0]))
+    return torch.ops.pyro_vae.onednn_linear.default
 
 
 def route_matmuls_to_onednn(graph: torch.fx.GraphModule, for_inductor: bool = False) -> torch.fx.GraphModule:
@@ -244,7 +293,7 @@ def route_matmuls_to_onednn(graph: torch.fx.GraphModule, for_inductor: bool = Fa
     float32 products summed in another order: equal to MKL's up to rounding, not to the bit.
     """
     aten = torch.ops.aten
-    linear_op, options = (torch.ops.pyro_vae.onednn_linear.default, ()) if for_inductor \
+    linear_op, options = (onednn_linear(), ()) if for_inductor \
         else (torch.ops.mkldnn._linear_pointwise.default, ("none", [], ""))
     nodes = graph.graph
     for node in list(nodes.nodes):

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from . import engine, evaluation, param_sites, recipes, trust
-from .batches import TRAIN_SUBSET_SEED, Data, Prepared, arguments, prepare, subset
+from .batches import TRAIN_SUBSET_SEED, Data, Prepared, prepare, subset
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig
+from .distributed import resolve_device
 from .datasets import load_dataset
 from .engine import Run
 from .errors import CheckpointError, ConfigError, first_line
@@ -180,5 +181,5 @@ def _estimate(estimator, opened: tuple, particles: int, precision: str, progress
     opened run's test data, with the run's compile setting."""
     module, prepared, config = opened
     scored = param_sites.served(module)
-    return estimator(scored.model, scored.guide, arguments(module, prepared.data, prepared.test), particles,
-                     progress=progress, precision=precision, compile=config.compile)
+    return estimator(scored.model, scored.guide, prepared.test_arguments, particles, progress=progress,
+                     precision=precision, compile=config.compile)

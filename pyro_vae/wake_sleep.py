@@ -27,13 +27,10 @@ theta update is classic wake-sleep; the ``rws`` objective is ``insomnia = 1`` (q
 Bornschein & Bengio (section 4) and Le et al. (2019, "Revisiting reweighted wake-sleep") found to
 work best.
 
-Why not :class:`pyro.infer.ReweightedWakeSleep`: it refuses one particle (so it cannot express
-classic wake-sleep), and it sums the log-densities of all datapoints of a minibatch before
-normalising, so its weights compare whole minibatches instead of the particles of one datapoint
-(pyro-ppl/pyro issue 2220); with a minibatch of 100 that leaves essentially one particle with all
-the weight. Here the weights are per datapoint, and every term is scaled by the data plate's
-subsample scale (N/B), so a minibatch loss estimates the full-data objective as the ELBOs of
-:mod:`pyro_vae.objectives` do.
+Here the weights are per datapoint, and every term is scaled by the data plate's subsample scale
+(N/B), so a minibatch loss estimates the full-data objective as the ELBOs of
+:mod:`pyro_vae.objectives` do. Why not Pyro's :class:`pyro.infer.ReweightedWakeSleep`:
+``docs/upstream.md#pyro-estimators-replaced-here``.
 
 **The loss as a number and as a gradient.** :meth:`ReweightedWakeSleep.differentiable_loss` returns
 a surrogate whose *gradient* is the wake gradient on theta and the (q-wake and/or sleep) gradient

@@ -59,7 +59,7 @@ def test_a_decoder_that_breaks_in_evaluation_is_refused_before_training(tmp_path
     steps = []
     monkeypatch.setattr(TrainingStep, "__call__", lambda self, batches: steps.append(1) or (torch.tensor(0.0),
                                                                                           torch.tensor(True)))
-    settings = dict(objective="meanfield", compile="none", epochs=1, batch_size=10, eval_particles=7, device="cpu",
+    settings = dict(objective="meanfield", compile="eager", epochs=1, batch_size=10, eval_particles=7, device="cpu",
                     progress=False)
     with pytest.raises(ConfigError) as error:
         fit(module, data, out=tmp_path / "broken", **settings)

@@ -12,19 +12,8 @@ import torch
 from torchvision.datasets import MNIST
 
 from pyro_vae import ConfigError, DataError
-from pyro_vae.datasets import (
-    BUNDLED_FREY_FACE,
-    DATASETS,
-    ImageData,
-    binarize,
-    binarize_once,
-    load_dataset,
-    load_frey_face,
-    load_mnist,
-    minibatches,
-    prepare_binarization,
-    read_frey_face,
-)
+from pyro_vae.batches import binarize, binarize_once, minibatches, prepare_binarization
+from pyro_vae.datasets import BUNDLED_FREY_FACE, DATASETS, ImageData, load_dataset, load_frey_face, load_mnist, read_frey_face
 
 
 def test_bundled_frey_face_split():

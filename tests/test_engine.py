@@ -107,7 +107,7 @@ def test_a_users_model_resumes_exactly_after_a_stop(tmp_path, monkeypatch):
 
 def test_a_users_model_runs_with_the_traced_step(tmp_path):
     eager = fit("user_models:mixture_vae", SMALL, objective="trace", out=tmp_path / "eager", progress=False, **QUICK)
-    traced = fit("user_models:mixture_vae", SMALL, objective="trace", compile="trace", out=tmp_path / "traced",
+    traced = fit("user_models:mixture_vae", SMALL, objective="trace", compile="replay", out=tmp_path / "traced",
                  progress=False, **QUICK)
     for a, b in zip(eager.history, traced.history):
         assert a["test_elbo"] == pytest.approx(b["test_elbo"], abs=1e-3)
@@ -335,11 +335,11 @@ CASES = built_in_cases()
 def test_the_default_step_gives_the_eager_steps_figures(tmp_path, name, model_args, objective):
     data = tiny_labelled_data()
     runs = {}
-    for mode in ("none", "auto"):
+    for mode in ("eager", "auto"):
         runs[mode] = fit(name, data, model_args={"latent_dim": 2, "hidden_dims": [8], "likelihood": "bernoulli",
                                                  "activation": "tanh", **model_args},
                          objective=objective, compile=mode, epochs=2, batch_size=40, eval_particles=2, device="cpu",
                          out=tmp_path / mode, progress=False)
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
-    assert strip(runs["auto"].history) == strip(runs["none"].history)
-    assert same_parameters(runs["auto"].model, runs["none"].model)
+    assert strip(runs["auto"].history) == strip(runs["eager"].history)
+    assert same_parameters(runs["auto"].model, runs["eager"].model)

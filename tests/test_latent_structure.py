@@ -8,7 +8,8 @@ import torch
 from pyro import poutine
 
 from pyro_vae import ConfigError, TrainConfig, load_run, train
-from pyro_vae.datasets import ImageData, labelled_subset
+from pyro_vae.batches import labelled_subset
+from pyro_vae.datasets import ImageData
 from pyro_vae.evaluation import elbo, paired_difference
 from pyro_vae.importance import log_importance_weights
 from pyro_vae.models import MODELS, build_model

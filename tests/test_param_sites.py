@@ -47,7 +47,7 @@ def test_module_parameters_are_not_taken_for_param_sites(make):
     assert not hasattr(model, "pyro_params") and served(model) is model
 
 
-@pytest.mark.parametrize("compile", ["none", "trace"])
+@pytest.mark.parametrize("compile", ["eager", "replay"])
 def test_fit_trains_them_within_their_constraints_and_leaves_them_in_the_param_store(tmp_path, compile):
     run = fit(ParamSiteVAE(560), SMALL, out=tmp_path / "r", progress=False, compile=compile, **QUICK)
     sites = run.model.pyro_params
@@ -60,12 +60,12 @@ def test_fit_trains_them_within_their_constraints_and_leaves_them_in_the_param_s
 
 def test_the_traced_step_trains_them_as_the_eager_step(tmp_path):
     runs = {}
-    for compile in ("none", "trace"):
+    for compile in ("eager", "replay"):
         pyro.set_rng_seed(3)  # the same initial weights
         runs[compile] = fit(ParamSiteVAE(560), SMALL, out=tmp_path / compile, progress=False, compile=compile, seed=3,
                             **QUICK)
-    eager, traced = runs["none"], runs["trace"]
-    assert traced.metrics["environment"]["training_step"].startswith("trace")
+    eager, traced = runs["eager"], runs["replay"]
+    assert traced.metrics["environment"]["training_step"].startswith("replay")
     for name in SITES:
         torch.testing.assert_close(traced.model.pyro_params.constrained(name),
                                    eager.model.pyro_params.constrained(name))

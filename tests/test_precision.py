@@ -46,7 +46,7 @@ def test_bf16_networks_compute_in_bf16_and_return_float32():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("compile", ["none", "trace"])
+@pytest.mark.parametrize("compile", ["eager", "replay"])
 def test_bf16_step_is_close_to_the_float32_step(compile, device):
     """The same draws, the products rounded to bfloat16: losses agree to about 1%, not to the bit."""
     skip_without_bf16(device)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from pyro_vae import CheckpointError, ConfigError, TrainConfig, TrainingInterrupted, load_run, resume, train
+from pyro_vae import (CheckpointError, ConfigError, RunLockError, TrainConfig, TrainingInterrupted, load_run, resume,
+                      train)
 from pyro_vae import checkpoint as checkpoint_module
 from pyro_vae.cli import _parser, main
 from pyro_vae.rundir import LOCK_NAME, RunLock
@@ -84,12 +85,14 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 # ---- one writer per folder -----------------------------------------------------------------------------
 
-def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path):
+def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     with RunLock(out):  # held by this (live) process, as by a run in progress
-        with pytest.raises(ConfigError, match=f"being written by process {os.getpid()}"):
+        with pytest.raises(RunLockError, match=f"being written by process {os.getpid()}"):
             train(tiny(out, epochs=1), progress=False)
         assert not (out / "config.json").exists()
+        assert not issubclass(RunLockError, ConfigError)  # nothing is wrong with the configuration
+        one_line_error(capsys, ["train", "--epochs", "1", "--out", str(out), *TINY], "being written by process")
     train(tiny(out, epochs=1), progress=False)
     assert not (out / LOCK_NAME).exists()  # released at the end
 

@@ -30,7 +30,7 @@ def batch(size: int = 10, seed: int = 1, device: str = "cpu") -> torch.Tensor:
 @pytest.mark.parametrize("objective", ["meanfield", "trace", "iwae", "dreg", "tracegraph"])
 def test_traced_loss_and_gradients_equal_eager(objective):
     loss = ObjectiveLoss(small_vae(), make_objective(objective))
-    compiled = CompiledStep(loss, "trace")
+    compiled = CompiledStep(loss, "replay")
     x = batch()
     torch.manual_seed(5)
     traced_loss, traced_grads = compiled([((x,), NUM_DATA)])
@@ -47,9 +47,9 @@ def test_traced_loss_and_gradients_equal_eager(objective):
 
 
 def test_traced_steps_train_as_the_eager_steps():
-    """Several optimizer steps with compile="trace" give the eager run's parameters, for the same seed."""
+    """Several optimizer steps with compile="replay" give the eager run's parameters, for the same seed."""
     results = []
-    for mode in ("none", "trace"):
+    for mode in ("eager", "replay"):
         model = small_vae()
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
                             make_optimizer("adam", model.parameters(), 1e-2), clip_grad_norm=1e6, compile=mode)
@@ -74,10 +74,10 @@ def test_the_update_inside_the_traced_graph_is_the_eager_update(name, weight_dec
     eager, traced = eager_and_compiled(device, 6, name, weight_decay, clip, cuda_graphs=True)
     # A PyTorch without this optimizer's fused kernel on the device stops the graph at the gradients;
     # on CUDA the whole update is replayed as a CUDA graph.
-    in_graph = "trace+update" + ("+cudagraph" if device == "cuda" else "")
-    assert eager.step.mode == "none"
-    assert traced.step.mode == (in_graph if fused_update(traced.step.optimizer) else "trace")
-    assert traced.step.mode != "trace" or device != "cpu"
+    in_graph = "replay+update" + ("+cudagraph" if device == "cuda" else "")
+    assert eager.step.mode == "eager"
+    assert traced.step.mode == (in_graph if fused_update(traced.step.optimizer) else "replay")
+    assert traced.step.mode != "replay" or device != "cpu"
     assert torch.equal(traced.losses, eager.losses)
     assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
     assert len(traced.state) == len(eager.state) and all(torch.equal(a, b) for a, b in zip(traced.state, eager.state))
@@ -89,12 +89,12 @@ def eager_and_compiled(device: str, steps: int, name: str = "adagrad", weight_de
     parameters and optimizer state (``prepare(step)`` before the traced run; ``between(optimizer, i)``
     after step i of each; ``cuda_graphs`` opts the traced run into CUDA graphs)."""
     runs = []
-    for mode in ("none", "trace"):
+    for mode in ("eager", "replay"):
         model = small_vae().to(device)
         optimizer = make_optimizer(name, model.parameters(), 1e-2, weight_decay)
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")), optimizer, clip_grad_norm=clip,
                             compile=mode, cuda_graphs=cuda_graphs)
-        if prepare is not None and mode == "trace":
+        if prepare is not None and mode == "replay":
             prepare(step)
         torch.manual_seed(7)
         losses = []
@@ -124,7 +124,7 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_plain_replay(monkeypatch)
         eager, traced = eager_and_compiled(device, 4, prepare=prepare, cuda_graphs=True)
     assert [str(w.message).split(" (")[0] for w in caught if "CUDA graph" in str(w.message)] == [
         "compiled training step: CUDA graph capture failed"]
-    assert traced.step.mode == "trace+update"
+    assert traced.step.mode == "replay+update"
     assert torch.equal(traced.losses, eager.losses)
     assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
 
@@ -140,7 +140,7 @@ def test_the_cuda_graph_is_captured_again_when_the_optimizer_state_is_replaced()
             assert before != [t.data_ptr() for state in optimizer.state.values() for t in state.values()]
 
     eager, traced = eager_and_compiled("cuda", 7, between=reload, cuda_graphs=True)
-    assert traced.step.mode == "trace+update+cudagraph"
+    assert traced.step.mode == "replay+update+cudagraph"
     assert torch.equal(traced.losses, eager.losses)
     assert all(torch.equal(a, b) for a, b in zip(traced.params, eager.params))
 
@@ -151,23 +151,23 @@ def test_a_parameter_without_gradient_is_left_alone_by_the_traced_update():
     unused = torch.nn.Parameter(torch.ones(3))
     model.register_parameter("unused", unused)
     step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
-                        make_optimizer("adam", model.parameters(), 1e-2, weight_decay=1.0), compile="trace")
+                        make_optimizer("adam", model.parameters(), 1e-2, weight_decay=1.0), compile="replay")
     step([((batch(),), NUM_DATA)])
-    assert step.mode == "trace+update" and torch.equal(unused.detach(), torch.ones(3))
+    assert step.mode == "replay+update" and torch.equal(unused.detach(), torch.ones(3))
 
 
 def test_choose_compile_takes_inductor_only_for_long_runs():
     from pyro_vae.step import INDUCTOR_MIN_STEPS, choose_compile
-    assert choose_compile("auto", 6000) == "trace"  # ten MNIST epochs
+    assert choose_compile("auto", 6000) == "replay"  # ten MNIST epochs
     assert choose_compile("auto", INDUCTOR_MIN_STEPS) == "inductor"
-    assert choose_compile("none", 10**9) == "none" and choose_compile("trace", 10**9) == "trace"
+    assert choose_compile("eager", 10**9) == "eager" and choose_compile("replay", 10**9) == "replay"
 
 
 def test_tracing_leaves_param_store_and_rng_alone():
     loss = ObjectiveLoss(small_vae(), make_objective("meanfield"))
     pyro.clear_param_store()
     state = torch.get_rng_state()
-    CompiledStep(loss, "trace")._trace([((batch(),), NUM_DATA)])
+    CompiledStep(loss, "replay")._trace([((batch(),), NUM_DATA)])
     assert len(pyro.get_param_store()) == 0
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -181,7 +181,7 @@ def test_untraceable_model_falls_back_to_eager_with_a_warning():
     model = small_vae()
     model.__class__ = Branchy
     step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
-                        make_optimizer("adam", model.parameters(), 1e-3), compile="trace")
+                        make_optimizer("adam", model.parameters(), 1e-3), compile="replay")
     with pytest.warns(RuntimeWarning, match="tracing failed"):
         loss, finite = step([((batch(),), NUM_DATA)])
     assert step.compiled is None and bool(finite)
@@ -194,7 +194,7 @@ def test_compiled_step_reports_non_finite_loss():
     with torch.no_grad():
         model.encoder.net[0].weight.fill_(float("nan"))
     step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
-                        make_optimizer("adam", model.parameters(), 1e-3), compile="trace")
+                        make_optimizer("adam", model.parameters(), 1e-3), compile="replay")
     _, finite = step([((batch(),), NUM_DATA)])
     assert not bool(finite)
 
@@ -238,7 +238,7 @@ def test_compiled_step_all_reduces_gradients_under_ddp(tmp_path):
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         results = []
-        for mode in ("none", "trace"):
+        for mode in ("eager", "replay"):
             model = small_vae()
             loss = torch.nn.parallel.DistributedDataParallel(ObjectiveLoss(model, make_objective("meanfield")))
             step = TrainingStep(loss, make_optimizer("adam", model.parameters(), 1e-2), compile=mode)
@@ -335,7 +335,7 @@ def test_the_traced_step_with_onednn_products_trains_as_the_eager_step(monkeypat
     monkeypatch.setattr(tracing, "onednn_pays", lambda: True)  # as on an AMD CPU
     data = torch.bernoulli(torch.full((64, 784), 0.3), generator=torch.Generator().manual_seed(3))
     runs = []
-    for mode in ("none", "trace"):
+    for mode in ("eager", "replay"):
         torch.manual_seed(0)
         model = build_vae(784, 10, [300], "bernoulli", "tanh")
         step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
@@ -344,7 +344,7 @@ def test_the_traced_step_with_onednn_products_trains_as_the_eager_step(monkeypat
         losses = torch.stack([step([((data,), 6400)])[0] for _ in range(4)])
         runs.append((step, losses, [p.detach().clone() for p in model.parameters()]))
     (_, eager_losses, eager_params), (traced, traced_losses, traced_params) = runs
-    assert traced.mode == "trace+update"
+    assert traced.mode == "replay+update"
     (graph,) = traced.compiled.graphs.values()
     assert any(node.target == torch.ops.mkldnn._linear_pointwise.default for node in graph.graph.nodes)
     torch.testing.assert_close(traced_losses, eager_losses, rtol=1e-5, atol=1e-3)

@@ -1,6 +1,6 @@
 """The default (traced) training step keeps Pyro's eager semantics, or runs eagerly and says why.
 
-Each test runs a step with ``compile="trace"`` beside the same step with ``compile="none"`` (Pyro
+Each test runs a step with ``compile="replay"`` beside the same step with ``compile="eager"`` (Pyro
 running model and guide every step, the oracle) from the same seed.
 """
 
@@ -72,9 +72,9 @@ def test_a_weight_set_between_steps_is_read_at_every_step():
     def anneal(model, i):
         model.beta = 0.1 * (i + 2)
 
-    eager, traced = run("none", Annealed, anneal), run("trace", Annealed, anneal)
+    eager, traced = run("eager", Annealed, anneal), run("replay", Annealed, anneal)
     assert_same_run(traced, eager)
-    assert traced["step"].mode == "none"
+    assert traced["step"].mode == "eager"
     assert traced["warnings"] == ["compiled training step: 'model.beta' changed 1 step after the step was traced, "
                                   "too often for tracing to pay (a trace pays after about 100 steps); running eagerly"]
 
@@ -90,15 +90,15 @@ def test_a_weight_set_now_and_then_is_traced_again(monkeypatch):
         if i % 3 == 2:
             model.beta = 0.5 + i
 
-    eager, traced = run("none", Annealed, anneal), run("trace", Annealed, anneal)
+    eager, traced = run("eager", Annealed, anneal), run("replay", Annealed, anneal)
     assert_same_run(traced, eager)
-    assert traced["step"].mode == "trace+update" and traced["warnings"] == []
+    assert traced["step"].mode == "replay+update" and traced["warnings"] == []
     assert len(traces) == 2 and len(traced["step"].compiled.graphs) == 1
 
 
 def test_a_model_that_changes_its_own_state_runs_eagerly():
     """The counter advances once a step, as in the eager run, and one line names it."""
-    eager, traced = run("none", Counting), run("trace", Counting)
+    eager, traced = run("eager", Counting), run("replay", Counting)
     assert_same_run(traced, eager)
     assert traced["model"].calls == eager["model"].calls == STEPS
     assert traced["warnings"] == ["compiled training step: the model changed 'model.calls' as it ran, which a traced "
@@ -115,11 +115,11 @@ def test_validate_runs_pyros_checks_at_every_step():
             super().model(x, num_data)
 
     with pyro.validation_enabled(False):
-        traced = run("trace", Probed, validate=True)
+        traced = run("replay", Probed, validate=True)
     assert seen == [(True, True)] * STEPS
-    assert traced["step"].mode == "none"
+    assert traced["step"].mode == "eager"
     assert traced["warnings"] == ["training step: validate=True runs Pyro's checks at every step, which a traced graph "
-                                  "cannot; running eagerly instead of compile='trace'"]
+                                  "cannot; running eagerly instead of compile='replay'"]
 
 
 def test_a_graph_that_departs_from_the_eager_step_is_not_used(monkeypatch):
@@ -134,9 +134,9 @@ def test_a_graph_that_departs_from_the_eager_step_is_not_used(monkeypatch):
         return tracing.trace(scaled, *inputs)
 
     monkeypatch.setattr("pyro_vae.step.trace", stale_trace)
-    eager, traced = run("none"), run("trace")
+    eager, traced = run("eager"), run("replay")
     assert_same_run(traced, eager)
-    assert traced["step"].mode == "none"
+    assert traced["step"].mode == "eager"
     (line,) = traced["warnings"]
     assert line.startswith("compiled training step: the traced step's loss (") and line.endswith(
         ") on the same draws; running eagerly")
@@ -145,9 +145,9 @@ def test_a_graph_that_departs_from_the_eager_step_is_not_used(monkeypatch):
 def test_the_first_step_check_leaves_the_traced_run_as_the_eager_one():
     """Checked, the traced run still has the eager run's losses and parameters to the bit, and its
     random stream after the run is where the eager run left it."""
-    eager, traced = run("none"), run("trace")
+    eager, traced = run("eager"), run("replay")
     assert_same_run(traced, eager)
-    assert traced["step"].mode == "trace+update" and traced["warnings"] == []
+    assert traced["step"].mode == "replay+update" and traced["warnings"] == []
 
 
 def test_a_tracing_failure_is_reported_in_whole_sentences():
@@ -159,7 +159,7 @@ def test_a_tracing_failure_is_reported_in_whole_sentences():
     model = small_vae()
     model.__class__ = Failing
     step = TrainingStep(ObjectiveLoss(model, make_objective("trace")), make_optimizer("adam", model.parameters(), 1e-2),
-                        compile="trace")
+                        compile="replay")
     with pytest.warns(RuntimeWarning) as caught, pytest.raises(RuntimeError):  # the eager step raises it too
         step([((batch(),), NUM_DATA)])
     assert [str(w.message) for w in caught] == [
@@ -172,22 +172,22 @@ def test_cuda_graphs_are_off_until_asked_for():
         assert inspect.signature(cls).parameters["cuda_graphs"].default is False
     model = small_vae().to(DEVICES[-1])
     step = TrainingStep(ObjectiveLoss(model, make_objective("meanfield")),
-                        make_optimizer("adam", model.parameters(), 1e-2), compile="trace")
+                        make_optimizer("adam", model.parameters(), 1e-2), compile="replay")
     step([((batch(device=DEVICES[-1]),), NUM_DATA)])
-    assert step.mode == "trace+update"
+    assert step.mode == "replay+update"
 
 
-def test_evaluation_under_compile_none_runs_pyro_on_every_chunk(monkeypatch):
-    """``--compile none`` governs evaluation too: no chunk is traced, however many there are."""
+def test_evaluation_under_compile_eager_runs_pyro_on_every_chunk(monkeypatch):
+    """``--compile eager`` governs evaluation too: no chunk is traced, however many there are."""
     traced_chunks = []
     trace = evaluation.trace
     monkeypatch.setattr(evaluation, "trace", lambda *args: traced_chunks.append(1) or trace(*args))
     model = small_vae()
     x = batch(40)
     results = {}
-    for compile in ("trace", "none"):
+    for compile in ("replay", "eager"):
         traced_chunks.clear()
         torch.manual_seed(3)
         results[compile] = evaluation.log_likelihood(model.model, model.guide, x, 4, chunk_size=8, compile=compile)
-        assert bool(traced_chunks) == (compile == "trace")  # 20 chunks of one shape: traced by default
-    torch.testing.assert_close(results["none"].values, results["trace"].values)
+        assert bool(traced_chunks) == (compile == "replay")  # 20 chunks of one shape: traced by default
+    torch.testing.assert_close(results["eager"].values, results["replay"].values)

@@ -83,6 +83,14 @@ def test_impossible_configurations(tmp_path, overrides, message):
         train(small_config(tmp_path, **overrides), progress=False)
 
 
+def test_compile_modes_saved_under_their_old_names_still_load():
+    """Runs saved before the compile modes were renamed (none -> eager, trace -> replay) resume."""
+    assert [TrainConfig.from_dict({"compile": old}).compile for old in ("none", "trace", "auto", "inductor")] == \
+        ["eager", "replay", "auto", "inductor"]
+    with pytest.raises(ConfigError, match="unknown compile 'none'.*'none' is now 'eager'"):
+        TrainConfig(compile="none").check_settings()
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     config = small_config(tmp_path, epochs=2, eval_every=1)
     train(config, progress=False)

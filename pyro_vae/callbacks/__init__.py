@@ -106,11 +106,3 @@ def check_callbacks(callbacks: Optional[Sequence]) -> list:
         if not any(callable(getattr(callback, hook, None)) for hook in HOOKS):
             raise ConfigError(f"callback {callback!r} has none of the hooks {', '.join(HOOKS)}: give it at least one")
     return callbacks
-
-
-def notify(callbacks: Sequence, hook: str, *args) -> None:
-    """Call ``hook`` of every callback that has it, in order."""
-    for callback in callbacks:
-        method = getattr(callback, hook, None)
-        if method is not None:
-            method(*args)
