@@ -3,13 +3,15 @@ bit-exactly, evaluates and compares, from Python and from a .npz file on the com
 (pyro_vae.TensorData, pyro_vae.batches)."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
 import pyro_vae
-from pyro_vae import DataError, TensorData, evaluate, fit, load_dataset, resume
+from pyro_vae import DataError, TensorData, TrainingInterrupted, evaluate, fit, load_dataset, resume
 from pyro_vae.callbacks import Callback
 from pyro_vae.cli import main
 
@@ -51,6 +53,23 @@ def test_stopped_and_resumed_it_ends_as_an_uninterrupted_run(tmp_path):
     stopped = fit(TabularVAE(3), DATA, out=tmp_path / "part", progress=False, callbacks=[StopAfter(3)], **QUICK)
     assert stopped.history == [] and stopped.metrics["stopped_early"]  # stopped inside the first epoch of 5 steps
     resumed = resume(tmp_path / "part", data=DATA, model=TabularVAE(3), progress=False)
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+
+
+def test_killed_by_sigterm_and_resumed_it_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    from test_run_safety import stop_at_step
+
+    torch.manual_seed(0)
+    whole = fit(TabularVAE(3), DATA, out=tmp_path / "whole", progress=False, **QUICK)
+    torch.manual_seed(0)
+    stop_at_step(monkeypatch, 7, lambda: os.kill(os.getpid(), signal.SIGTERM))  # epoch 2, after step 2 of 5
+    with pytest.raises(TrainingInterrupted, match="epoch 2, after step 2 of 5"):
+        fit(TabularVAE(3), DATA, out=tmp_path / "killed", progress=False, **QUICK)
+    monkeypatch.undo()
+    resumed = resume(tmp_path / "killed", data=DATA, model=TabularVAE(3), progress=False)
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
