@@ -7,7 +7,6 @@ importance-sampled test log p(x) with ``eval_particles`` draws (:mod:`pyro_vae.e
 says how sites are scored), draws the pictures the model can draw and writes ``metrics.json``.
 """
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -72,9 +71,8 @@ def final(model: nn.Module, scored: nn.Module, prepared: Prepared, history: list
 def _pictures(model: nn.Module, data, history: list, out: Path, prepared: Prepared) -> list:
     from . import plots
 
-    if isinstance(data, TensorData):
+    if isinstance(data, TensorData):  # rows of tensors have no pictures: the learning curves only
         plots.plot_learning_curves(history, out / "learning_curve.png", data.name)
-        print("pictures skipped: images of TensorData (only learning_curve.png)", file=sys.stderr)
         return ["images (TensorData)"]
     few = tuple(t[:10] for t in prepared.test_arguments)
     return plots.draw_run_pictures(model, data, history, out, few)

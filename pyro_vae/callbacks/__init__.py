@@ -16,7 +16,9 @@ A callback is any object with some of these methods, called by the training loop
 after the current step with a checkpoint from which :func:`pyro_vae.resume` continues, and the
 final report is made as at a normal end. A callback may change the model's attributes between
 steps (a beta, a temperature): the compiled step sees the change (it re-traces, or runs eagerly,
-saying so once). The learning rate is the optimizer's (``state.optimizer.param_groups``).
+saying so once). The learning rate is the optimizer's (``state.optimizer.param_groups``). A callback
+that draws random numbers (evaluating the model, say) changes the draws training makes after it,
+unless it saves and restores Pyro's random state (``pyro.util.get_rng_state``/``set_rng_state``).
 
 Built in: :class:`~pyro_vae.callbacks.schedules.LearningRateSchedule`,
 :class:`~pyro_vae.callbacks.schedules.EarlyStopping` and :class:`~pyro_vae.callbacks.schedules.KLWarmup`
