@@ -28,6 +28,7 @@ from torch.distributions import constraints, transform_to
 import pyro.distributions.constraints as pyro_constraints
 
 from .errors import CheckpointError
+from .handled import Handled
 
 ATTRIBUTE = "pyro_params"
 _CONSTRAINT_MODULES = (constraints, pyro_constraints)
@@ -115,27 +116,11 @@ class _Serve(Messenger):
             msg["done"] = True
 
 
-class _Served(nn.Module):
-    """A model whose ``model`` and ``guide`` run with its :class:`ParamSites` answering ``pyro.param``;
-    its other attributes are the model's."""
+class _Served(Handled):
+    """A model whose ``model`` and ``guide`` run with its :class:`ParamSites` answering ``pyro.param``."""
 
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
-
-    def model(self, *args, **kwargs):
-        with _Serve(getattr(self.module, ATTRIBUTE)):
-            return self.module.model(*args, **kwargs)
-
-    def guide(self, *args, **kwargs):
-        with _Serve(getattr(self.module, ATTRIBUTE)):
-            return self.module.guide(*args, **kwargs)
+    def handler(self) -> Messenger:
+        return _Serve(getattr(self.module, ATTRIBUTE))
 
 
 def served(module: nn.Module) -> nn.Module:

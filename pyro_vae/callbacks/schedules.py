@@ -16,6 +16,7 @@ from torch import nn
 
 from . import Callback, State
 from ..errors import ConfigError
+from ..handled import Handled
 
 #: Burda et al. (2016)'s schedule: 3^i passes at 10^-3 * 10^(-i/7), i = 0..7 (3280 passes in all).
 IWAE_STAGES = 8
@@ -113,28 +114,16 @@ class _LatentScale(Messenger):
             msg["scale"] = self.beta * msg["scale"]
 
 
-class _WarmedUp(nn.Module):
+class _WarmedUp(Handled):
     """A model whose ``model`` and ``guide`` run under :class:`_LatentScale` of its ``beta`` buffer
     (a buffer: a compiled step reads it as an input, so a new beta needs no new trace)."""
 
     def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
+        super().__init__(module)
         self.register_buffer("beta", torch.ones(()))
 
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
-
-    def model(self, *args, **kwargs):
-        with _LatentScale(self.beta):
-            return self.module.model(*args, **kwargs)
-
-    def guide(self, *args, **kwargs):
-        with _LatentScale(self.beta):
-            return self.module.guide(*args, **kwargs)
+    def handler(self) -> Messenger:
+        return _LatentScale(self.beta)
 
 
 class KLWarmup(Callback):
