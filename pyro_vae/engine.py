@@ -182,10 +182,7 @@ class Training:
         self.batches = Minibatches(self.model, self.prepared, config.batch_size, self.generator, processes.share,
                                    drop_last=traced_by_pyro)
         self._check_model()
-        self.scored = param_sites.served(self.model)  # what the step and the evaluations run
-        for callback in callbacks:  # a KL warm-up's beta
-            if callable(getattr(callback, "wrap", None)):
-                self.scored = callback.wrap(self.scored)
+        self.scored = self._scored()
         self.optimizer = make_optimizer(config.optimizer, [p for p in self.model.parameters() if p.requires_grad],
                                         config.lr, config.weight_decay)
         self.compile = "eager" if traced_by_pyro and config.compile == "auto" \
@@ -208,6 +205,20 @@ class Training:
                         allow_mc_kl=self.config.allow_mc_kl, precision=self.config.precision,
                         eval_particles=self.config.eval_particles)
             param_sites.adopt(self.model, probe, {"num_data": part.size})
+
+    def _scored(self) -> nn.Module:
+        """What the step and the evaluations run: the model with its ``pyro.param`` sites, under what callbacks
+        wrap it in (a KL warm-up's beta), checked once on the tiny batch where a callback wrapped it."""
+        scored = param_sites.served(self.model)
+        wrappers = [callback.wrap for callback in self.callbacks if callable(getattr(callback, "wrap", None))]
+        for wrap in wrappers:
+            scored = wrap(scored)
+        if wrappers:  # the objective may refuse what a wrapper adds (a beta where particles are weighed)
+            with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []), \
+                    torch.no_grad():
+                self.objective.differentiable_loss(scored.model, scored.guide, *self.prepared.probe,
+                                                   num_data=self.prepared.parts[0].size)
+        return scored
 
     def run(self, checkpoint: Optional[dict], progress: bool) -> Run:
         """Train from scratch or from ``checkpoint``, then make the final report."""

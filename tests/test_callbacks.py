@@ -196,3 +196,12 @@ def test_kl_warmup_raises_beta_linearly_and_the_compiled_step_follows_it(tmp_pat
     pyro.set_rng_seed(0)
     plain = fit(build_vae(560, 2, [8], "gaussian", "tanh"), SMALL, out=tmp_path / "plain", progress=False, **QUICK)
     assert runs["eager"].history[0]["test_elbo"] != plain.history[0]["test_elbo"]  # the warm-up changed training
+
+
+def test_a_kl_warmup_with_an_objective_that_weighs_particles_is_refused_before_training(tmp_path):
+    from pyro_vae import ConfigError
+
+    with pytest.raises(ConfigError, match="site 'z' has a scale besides its plates'"):
+        fit(build_vae(560, 2, [8], "gaussian", "tanh"), SMALL, out=tmp_path / "r", progress=False, kl_warmup=1,
+            objective="iwae", **QUICK)
+    assert not (tmp_path / "r" / "config.json").exists()  # refused before the run began
