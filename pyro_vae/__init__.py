@@ -6,10 +6,15 @@ Where things are:
   ``guide`` are Pyro programs, on any data; :mod:`pyro_vae.contract` — what it needs of a model,
   checked before the first step; :mod:`pyro_vae.recipes` — models by import path, and how a run
   rebuilds its model; :mod:`pyro_vae.trust` — which factories a run folder may make it import.
-* :func:`train`, :func:`resume`, :func:`load_run` (:mod:`pyro_vae.training`) — runs from a
-  :class:`TrainConfig` (:mod:`pyro_vae.config`); :mod:`pyro_vae.rundir` — run folders that are
-  never overwritten by accident; :mod:`pyro_vae.step` — one training step;
-  :mod:`pyro_vae.distributed` — data-parallel training under ``torchrun``.
+* The loop's parts: :mod:`pyro_vae.batches` — the data a run trains on and its minibatches;
+  :mod:`pyro_vae.runstate` — what a checkpoint holds and how a run resumes; :mod:`pyro_vae.report`
+  — the evaluations and the final report; :mod:`pyro_vae.callbacks` — hooks, schedules, TensorBoard
+  and MLflow; :mod:`pyro_vae.param_sites`, :mod:`pyro_vae.handled` — ``pyro.param`` sites and
+  engine-added effect handlers; :mod:`pyro_vae.step` — one training step;
+  :mod:`pyro_vae.distributed` — devices and data-parallel training under ``torchrun``.
+* :func:`train`, :func:`resume`, :func:`load_run`, :func:`evaluate` (:mod:`pyro_vae.training`) —
+  runs from a :class:`TrainConfig` (:mod:`pyro_vae.config`), continued and opened;
+  :mod:`pyro_vae.rundir` — run folders that are never overwritten by accident.
 * :mod:`pyro_vae.models` — the built-in models and their factories (:class:`VAE`, the two-layer
   :class:`HierarchicalVAE`, the semi-supervised :class:`SemiSupervisedVAE` (M2), the
   :class:`ConditionalVAE`).
@@ -18,7 +23,8 @@ Where things are:
 * :mod:`pyro_vae.estimators` — estimators Pyro lacks (STL, DReG, per-datapoint IWAE, Renyi and
   tail-adaptive); :mod:`pyro_vae.diagnostics` — gradient variance and SNR, bound gaps, cost per step.
 * :mod:`pyro_vae.wake_sleep` — the wake-sleep and reweighted wake-sleep baselines.
-* :mod:`pyro_vae.datasets` — MNIST, Frey Face and your own data as tensors (:class:`ImageData`).
+* :mod:`pyro_vae.datasets` — MNIST, Frey Face and your own images (:class:`ImageData`);
+  :mod:`pyro_vae.tensor_data` — any data as tuples of tensors (:class:`TensorData`).
 * :mod:`pyro_vae.evaluation` — ELBO and importance-sampled log-likelihood; :mod:`pyro_vae.plots` —
   pictures.
 * :mod:`pyro_vae.tracing` — a step or an evaluation as one replayed or compiled graph;
