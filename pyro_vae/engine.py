@@ -190,11 +190,9 @@ class Training:
         self.step_fn = TrainingStep(processes.wrap(ObjectiveLoss(self.scored, self.objective, config.precision), device),
                                     self.optimizer, config.clip_grad_norm, compile=self.compile,
                                     validate=config.validate)
-        self.recipe = recipes.recipe_of(self.model, recipe)
-        self.facts = runstate.run_facts(config, self.recipe, in_memory, device, processes,
-                                        num_train(self.prepared.data))
+        self.recipe, self.in_memory = recipes.recipe_of(self.model, recipe), in_memory
         self.state = State(self.model, self.optimizer, config, out, self.batches.steps_per_epoch, scored=self.scored,
-                           main=processes.main, data=self.prepared.data, num_data=self.facts["num_data"])
+                           main=processes.main, data=self.prepared.data)
 
     def _check_model(self) -> None:
         """The contract, on a tiny batch (:mod:`pyro_vae.contract`), and the model's ``pyro.param`` sites
@@ -248,6 +246,9 @@ class Training:
 
     def _start(self, checkpoint: Optional[dict]) -> Optional[dict]:
         """Restore a checkpoint, or record the new run's configuration; returns where a stopped epoch was."""
+        self.facts = runstate.run_facts(self.config, self.recipe, self.in_memory, self.device, self.processes,
+                                        num_train(self.prepared.data))
+        self.state.num_data = self.facts["num_data"]
         if checkpoint is not None:
             return runstate.restore(checkpoint, self.state, self.generator, self.processes, self.callbacks)
         runstate.begin(self.out, self.facts, self.config, self.processes, self.device)
