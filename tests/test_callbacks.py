@@ -205,3 +205,15 @@ def test_a_kl_warmup_with_an_objective_that_weighs_particles_is_refused_before_t
         fit(build_vae(560, 2, [8], "gaussian", "tanh"), SMALL, out=tmp_path / "r", progress=False, kl_warmup=1,
             objective="iwae", **QUICK)
     assert not (tmp_path / "r" / "config.json").exists()  # refused before the run began
+
+
+def test_a_schedule_and_early_stopping_continue_where_they_stopped(tmp_path):
+    """Their states travel in the checkpoint: stopped at step 7 of 15 and resumed, the run is the whole run."""
+    settings = {**QUICK, "epochs": 3, "lr_schedule": "cosine", "early_stopping": 5}
+    pyro.set_rng_seed(0)
+    whole = fit(build_vae(560, 2, [8], "gaussian", "tanh"), SMALL, out=tmp_path / "whole", progress=False, **settings)
+    pyro.set_rng_seed(0)
+    fit(build_vae(560, 2, [8], "gaussian", "tanh"), SMALL, out=tmp_path / "part", progress=False,
+        callbacks=[StopAt(7)], **settings)
+    resumed = resume(tmp_path / "part", data=SMALL, model=build_vae(560, 2, [8], "gaussian", "tanh"), progress=False)
+    assert strip(resumed.history) == strip(whole.history)
