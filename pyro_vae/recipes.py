@@ -169,15 +169,17 @@ def check_arguments(name: str, model_args: Optional[dict] = None) -> None:
 def recipe(name: str, common: dict, model_args: Optional[dict] = None) -> dict:
     """The recipe calling factory ``name`` with the ``common`` arguments it declares and ``model_args``.
 
-    ``None`` values of common arguments are left out, so that the factory's own defaults apply.
+    ``None`` values of common arguments are left out, so that the factory's own defaults apply. The
+    arguments are kept as JSON holds them (a tuple as a list), so that the model is built from the
+    same values the run folder records and :func:`check_recipe` reads back.
     """
     check_arguments(name, model_args)
     names, _ = declared(import_factory(name))
     kwargs = {key: value for key, value in common.items() if key in names and value is not None}
     kwargs.update(model_args or {})
     try:
-        json.dumps(kwargs)
-    except TypeError as error:
+        kwargs = json.loads(json.dumps(kwargs))
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"model {factory_path(name)}: its arguments must be JSON values (numbers, strings, "
                           f"lists): {error}") from None
     return {"factory": factory_path(name), "kwargs": kwargs}

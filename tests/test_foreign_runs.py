@@ -211,3 +211,16 @@ def test_built_in_and_entry_point_runs_open_with_nothing_remembered(own_run, tmp
     monkeypatch.setattr(recipes, "entry_points", lambda group: registered if group == recipes.ENTRY_POINT_GROUP else [])
     with pytest.raises(CheckpointError, match="weights do not fit"):  # built and called: the package is installed
         load_run(foreign)
+
+
+def test_arguments_given_as_tuples_are_recorded_as_json_and_the_run_opens(tmp_path):
+    """A recipe is kept as JSON holds it (a tuple as a list), so the user's own run passes check_recipe."""
+    from pyro_vae import ImageData, fit, load_dataset
+
+    frey = load_dataset("frey-face")
+    small = ImageData("small", frey.train[:100], frey.test[:20], frey.image_shape)
+    run = fit("user_models:mixture_vae", small, model_args={"hidden_dims": (8, 8)}, out=tmp_path / "r", epochs=1,
+              batch_size=50, eval_particles=2, device="cpu", progress=False, objective="trace")
+    assert run.metrics["recipe"]["kwargs"]["hidden_dims"] == [8, 8]
+    model, _, _ = load_run(tmp_path / "r")
+    assert type(model).__name__ == "MixturePriorVAE"
