@@ -259,7 +259,7 @@ class Prepared:
 def prepare(model: nn.Module, data: Data, config, device: torch.device) -> Prepared:
     """The data as ``config`` asks, on ``device``: binarized images checked against a built-in
     likelihood, ``config.test_size`` test datapoints, the training parts and the train-ELBO subset."""
-    data = subset(data, "test", getattr(config, "test_size", None), TEST_SUBSET_SEED).to(device)
+    data = subset(data, "test", config.test_size, TEST_SUBSET_SEED).to(device)
     dynamic = False
     if isinstance(data, ImageData):
         data, dynamic = prepare_binarization(data, config.binarize or "none")

@@ -16,6 +16,7 @@ checkpoint and raises :class:`~pyro_vae.TrainingInterrupted`; a callback setting
 """
 
 import contextlib
+import signal
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -274,8 +275,7 @@ class Training:
             if step < state.steps_per_epoch and self._stop_inside_epoch(step, first_bad_step, total_loss, signals, bar):
                 return
         self._refuse_bad_step(first_bad_step)
-        objective = -total_loss.item() / state.steps_per_epoch / self.facts["num_data"]
-        bar.set_postfix(epoch=state.epoch, objective=f"{objective:.2f}")
+        self._show_objective(bar, total_loss, state.steps_per_epoch)
         self._evaluate_and_save(signals, bar)
 
     def _stop_inside_epoch(self, step: int, first_bad_step: torch.Tensor, total_loss: torch.Tensor,
@@ -287,20 +287,23 @@ class Training:
         at_sync = step % SYNC_EVERY == 0 or saving
         if at_sync:  # and before any checkpoint: a bad step's weights are never saved
             self._refuse_bad_step(first_bad_step)
-            bar.set_postfix(epoch=state.epoch, objective=f"{-total_loss.item() / step / self.facts['num_data']:.2f}")
-        if processes.distributed:  # the stop of a signal or of a callback (run on the main process) is everyone's
-            signal_number = processes.max(torch.tensor(signals.signal or 0)) if at_sync else 0
-            state.should_stop = bool(processes.max(torch.tensor(int(state.should_stop)))) if at_sync else False
-        else:
-            signal_number = signals.signal or 0
-        stop = signal_number or state.should_stop
+            self._show_objective(bar, total_loss, step)
+        # Distributed, a stop is agreed on at the syncs only: a callback's stop waits there, not lost.
+        agreed = at_sync or not processes.distributed
+        signal_number = self._stop_requested(signals) if agreed else 0
+        callback_stop = self._callbacks_stop() if agreed else False
+        stop = signal_number or callback_stop
         if stop and not at_sync and processes.max(first_bad_step):
             return False  # the sync at the end of the epoch reports the bad step
         if stop or saving:
             self._save({"step": step, **self.batches.state(), "total_loss": total_loss.item()})
         if signal_number:
             raise self._interrupted(signal_number, f"epoch {state.epoch}, after step {step} of {state.steps_per_epoch}")
-        return state.should_stop
+        return callback_stop
+
+    def _show_objective(self, bar, total_loss: torch.Tensor, steps: int) -> None:
+        """The epoch's mean objective so far, per datapoint, on the progress bar (a host read)."""
+        bar.set_postfix(epoch=self.state.epoch, objective=f"{-total_loss.item() / steps / self.facts['num_data']:.2f}")
 
     def _refuse_bad_step(self, first_bad_step: torch.Tensor) -> None:
         bad_step = self.processes.max(first_bad_step)
@@ -314,6 +317,13 @@ class Training:
         if self.processes.distributed:
             return self.processes.max(torch.tensor(signals.signal or 0))
         return signals.signal or 0
+
+    def _callbacks_stop(self) -> bool:
+        """Whether a callback asked to stop, on any process (a sync across processes when distributed):
+        ``state.should_stop`` on every process."""
+        if self.processes.distributed:
+            self.state.should_stop = bool(self.processes.max(torch.tensor(int(self.state.should_stop))))
+        return self.state.should_stop
 
     def _evaluate_and_save(self, signals: StopSignals, bar) -> None:
         """After an epoch: evaluate every ``eval_every`` epochs and at the last, checkpoint, tell the callbacks."""
@@ -329,8 +339,7 @@ class Training:
             self._save(None)
         if record is not None:
             self._notify("on_evaluation", record)
-        if self.processes.distributed:  # a callback's stop is every process's
-            state.should_stop = bool(self.processes.max(torch.tensor(int(state.should_stop))))
+        self._callbacks_stop()  # a callback's stop is every process's
         if signal_number:
             raise self._interrupted(signal_number, f"the end of epoch {state.epoch}")
         state.epoch += 1
@@ -340,8 +349,6 @@ class Training:
                       self.callbacks)
 
     def _interrupted(self, signal_number: int, where: str) -> TrainingInterrupted:
-        import signal
-
         return TrainingInterrupted(f"stopped by {signal.Signals(signal_number).name} at {where}; the checkpoint is "
                                    f"saved: continue with 'pyro-vae train --resume {self.out}'", signal_number)
 

@@ -80,3 +80,12 @@ def test_a_two_process_run_stopped_by_sigterm_resumes_exactly(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     a, b = (load_checkpoint(folder / "checkpoint.pt")["model"] for folder in (tmp_path / "whole", stopped_dir))
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_callbacks_stop_between_syncs_is_kept_until_the_next_sync(tmp_path):
+    """Distributed, a stop is agreed on at the syncs (every 50 steps, and at the end of an epoch): a callback's
+    stop at step 3 of 9 ends the run at the epoch's end, with its checkpoint, on every process."""
+    result = run(TORCHRUN + [str(Path(__file__).parent / "distributed" / "callback_stop.py"), str(tmp_path / "r")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stopped early True at step None" in result.stdout  # stopped after epoch 1's checkpoint, not epoch 2
+    assert len(json.loads((tmp_path / "r" / "history.json").read_text())) == 1
