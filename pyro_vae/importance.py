@@ -253,9 +253,9 @@ def log_importance_weights(model: Callable, guide: Callable, num_particles: int,
     (``num_data / batch_size``, 1 without subsampling) is returned, not applied. Sites outside the
     data plate (global latents) are drawn once per particle and their own log-densities left out:
     the weight is that of the datapoint given them. ``site_scales=False`` leaves out a site's scale
-    besides its plates' (a beta): the weights of the model's own density. Gradients flow through the weights when the guide is reparameterized
-    and the caller has not disabled them; with ``path_derivative`` only through the samples (see
-    the module's docstring).
+    besides its plates' (a beta): the weights of the model's own density. Gradients flow through the
+    weights when the guide is reparameterized and the caller has not disabled them; with
+    ``path_derivative`` only through the samples (see the module's docstring).
     """
     traces = importance_traces(model, guide, num_particles, *args, max_plate_nesting=max_plate_nesting, **kwargs)
     weights = trace_log_weights(*traces, path_derivative=path_derivative, site_scales=site_scales)
